@@ -1,0 +1,122 @@
+"""Stage `evaluate`: score the trained head on a held-out split (default test).
+
+Writes DVC metrics `models/metrics/metrics.json` (accuracy; macro and weighted precision, recall, F1) and
+`models/metrics/per_class.json`, and DVC plots `models/plots/confusion_matrix.csv` (actual,predicted rows) plus a
+rendered `models/plots/confusion_matrix.png` (DVC's HTML plots need a CDN; a PNG does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
+
+from tasks.atomic import atomic_path, atomic_write_text
+from tasks.errors import UserError, exit_on_user_error
+from tasks.head import LinearHead, split_features
+from tasks.params import Params, load_params
+from tasks.paths import ProjectPaths, default_paths
+from tasks.progress import log
+
+
+@dataclass
+class EvaluateSummary:
+    """Headline metrics of one evaluation."""
+
+    split: str
+    n: int
+    accuracy: float
+    f1_macro: float
+    metrics_path: str
+    confusion_png: str
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
+    """(headline metrics, per-class report) computed with scikit-learn."""
+    out = {"accuracy": float(accuracy_score(y_true, y_pred))}
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
+        out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
+    report = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
+    per_class = {c: {k: float(v) for k, v in report[c].items()} for c in classes}
+    return out, per_class
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None:
+    """Render a row-normalised confusion matrix with counts to PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.65 * n), dpi=110)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title, fontsize=10)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of actual class")
+    fig.tight_layout()
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+@exit_on_user_error
+def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
+    """Evaluate the head on `evaluate.split`; write metrics JSON, per-class JSON, confusion CSV and PNG."""
+    paths = paths or default_paths()
+    t0 = time.perf_counter()
+    head = LinearHead.load(paths.head)
+    split = params.evaluate.split
+    x, y, rows, fp = split_features(params, paths, split)
+    if head.fingerprint != fp:
+        raise UserError(f"{paths.head} was trained on features {head.fingerprint}, but params select {fp}; "
+                        f"re-run the head stage")
+    if not len(y):
+        raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
+    unknown = sorted(set(y) - set(head.classes))
+    if unknown:
+        raise UserError(f"label '{unknown[0]}' in the {split} split is not a class of {paths.head}; re-run head")
+    pred = np.array(head.classes)[head.logits(x).argmax(1)]
+    metrics, per_class = compute_metrics(y, pred, head.classes)
+    metrics |= {"n": int(len(y)), "split": split, "artifact": "head on cached features", "fingerprint": fp}
+    cm = confusion_matrix(y, pred, labels=head.classes)
+
+    atomic_write_text(paths.metrics / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(paths.metrics / "per_class.json", json.dumps(per_class, indent=2))
+    with atomic_path(paths.plots / "confusion_matrix.csv") as tmp:
+        pd.DataFrame({"actual": y, "predicted": pred}).to_csv(tmp, index=False)
+    png = paths.plots / "confusion_matrix.png"
+    plot_confusion(cm, head.classes, f"{split}: accuracy {metrics['accuracy']:.3f}, macro F1 "
+                                     f"{metrics['f1_macro']:.3f} (n={len(y)})", png)
+    log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
+        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} images in {time.perf_counter() - t0:.1f}s "
+        f"-> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, {png.relative_to(paths.root)}")
+    return EvaluateSummary(split, int(len(y)), metrics["accuracy"], metrics["f1_macro"],
+                           str(paths.metrics / "metrics.json"), str(png))
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tasks.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    args = ap.parse_args(argv)
+    run_evaluate(load_params(overrides=args.set))
+
+
+if __name__ == "__main__":
+    main()

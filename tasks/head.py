@@ -1,0 +1,129 @@
+"""Stage `head`: train a classifier on cached train features.
+
+The head is saved framework-neutral in `models/head.npz`: one linear layer (`weight` K x D, `bias` K) with the
+feature standardisation folded in, plus the class names. Logistic regression's decision function is exactly that
+layer, so the exported ONNX graph is backbone + nn.Linear + softmax: one graph, no sklearn at serving time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from tasks.atomic import atomic_path, atomic_write_text
+from tasks.errors import UserError, exit_on_user_error
+from tasks.features import open_store, read_manifest
+from tasks.params import Params, load_params
+from tasks.paths import ProjectPaths, default_paths
+from tasks.progress import log
+
+
+@dataclass
+class LinearHead:
+    """logits = features @ weight.T + bias; classes[i] names logit i."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    classes: list[str]
+    fingerprint: str
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        return feats.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias
+
+    def probs(self, feats: np.ndarray) -> np.ndarray:
+        z = self.logits(feats)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def save(self, path) -> None:
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, weight=self.weight.astype(np.float32), bias=self.bias.astype(np.float32),
+                     classes=np.array(self.classes), fingerprint=np.array(self.fingerprint))
+
+    @classmethod
+    def load(cls, path) -> "LinearHead":
+        if not path.exists():
+            raise UserError(f"{path} not found; run the head stage first (python -m tasks.head)")
+        z = np.load(path, allow_pickle=False)
+        return cls(z["weight"], z["bias"], [str(c) for c in z["classes"]], str(z["fingerprint"]))
+
+
+@dataclass
+class HeadSummary:
+    """What the head stage trained."""
+
+    classes: list[str]
+    n_train: int
+    train_accuracy: float
+    val_accuracy: float | None
+    seconds: float
+    path: str
+
+
+def split_features(params: Params, paths: ProjectPaths, split: str):
+    """(features, labels, manifest rows) of one split under the current fingerprint."""
+    manifest = read_manifest(paths)
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    store = open_store(params, paths)
+    return store.get(rows["sha256"].tolist()), rows["label"].to_numpy(), rows, store.fingerprint
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Fit logistic regression; return (weight, bias, classes) of the equivalent linear layer on raw features."""
+    h = params.head
+    if h.standardize:
+        scaler = StandardScaler().fit(x)
+        mu, sigma = scaler.mean_, scaler.scale_
+    else:
+        mu, sigma = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    clf = LogisticRegression(C=h.C, max_iter=h.max_iter, class_weight=None if h.class_weight == "none" else "balanced",
+                             random_state=params.seed)
+    clf.fit((x - mu) / sigma, y)
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row; make it a 2-logit layer with the same softmax
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = coef / sigma
+    bias = intercept - weight @ mu
+    return weight, bias, [str(c) for c in clf.classes_]
+
+
+@exit_on_user_error
+def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
+    """Train the head on train features and save it as a linear layer; report train and val accuracy."""
+    paths = paths or default_paths()
+    t0 = time.perf_counter()
+    x, y, _, fp = split_features(params, paths, "train")
+    if len(set(y)) < 2:
+        raise UserError(f"{paths.manifest}: train split has {len(set(y))} class(es); need at least 2")
+    weight, bias, classes = fit_logreg(x, y, params)
+    head = LinearHead(weight, bias, classes, fp)
+    train_acc = float((np.array(classes)[head.logits(x).argmax(1)] == y).mean())
+    xv, yv, _, _ = split_features(params, paths, "val")
+    val_acc = float((np.array(classes)[head.logits(xv).argmax(1)] == yv).mean()) if len(yv) else None
+    head.save(paths.head)
+    summary = HeadSummary(classes, len(y), train_acc, val_acc, time.perf_counter() - t0, str(paths.head))
+    atomic_write_text(paths.models / "head.json", json.dumps(asdict(summary) | {"params": params.head.model_dump(),
+                                                                                "fingerprint": fp}, indent=2))
+    val = f"{val_acc:.3f}" if val_acc is not None else "n/a"
+    log(f"head: logistic regression (C={params.head.C}) on {len(y)} train images, {len(classes)} classes: "
+        f"train acc {train_acc:.3f}, val acc {val} in {summary.seconds:.1f}s -> {paths.head.relative_to(paths.root)}")
+    return summary
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tasks.head", description=__doc__.splitlines()[0])
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    args = ap.parse_args(argv)
+    run_head(load_params(overrides=args.set))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Image decoding: validate a file, flatten transparency onto white, resize to the model's square input.
+
+The resize here is the client-side half of the deployment contract: the exported ONNX graph takes uint8 RGB NHWC at
+the model's input size and does scaling and normalisation itself, so training features and served predictions share
+exactly this function for everything that happens before the graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# We enforce our own pixel limit (params ingest.max_pixels) from the header, before decoding.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """Outcome of validating one file: ok with its size, or a rejection reason."""
+
+    ok: bool
+    width: int = 0
+    height: int = 0
+    reason: str = ""
+
+
+def check_image(path: str | Path, max_pixels: int) -> ImageCheck:
+    """Fully decode `path` to prove it is a readable image within the pixel limit. Never raises for bad files."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return ImageCheck(False, reason="empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    return ImageCheck(False, w, h, f"too large: {w}x{h} = {w * h / 1e6:.0f} MP > limit "
+                                                   f"{max_pixels / 1e6:.0f} MP (ingest.max_pixels)")
+                if w == 0 or h == 0:
+                    return ImageCheck(False, w, h, "image has zero width or height")
+                img.load()
+        return ImageCheck(True, w, h)
+    except UnidentifiedImageError:
+        return ImageCheck(False, reason="not an image (format not recognised)")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return ImageCheck(False, reason=f"truncated or corrupt ({str(exc).splitlines()[0][:120]})")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB version of `img`; any transparency (RGBA, LA, P with transparency) is composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, WHITE)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        arr = (arr / max(float(arr.max()), 1.0) * 255.0).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_square(img: Image.Image, size: int, mode: str) -> Image.Image:
+    """Resize an RGB image to size x size. pad: letterbox on white; crop: shorter side, centre crop; squash."""
+    w, h = img.size
+    if mode == "squash":
+        return img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+    if mode == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        canvas = Image.new("RGB", (size, size), WHITE)
+        canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    if mode == "crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        big = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return big.crop((left, top, left + size, top + size))
+    raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def load_uint8(path: str | Path, size: int, mode: str) -> np.ndarray:
+    """Decode `path` into a (size, size, 3) uint8 RGB array ready for the model (HWC)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))  # decode at reduced scale: far less work for big JPEGs
+            rgb = to_rgb(img)
+            out = resize_square(rgb, size, mode)
+    return np.asarray(out, dtype=np.uint8)

@@ -1,0 +1,196 @@
+"""The params schema: every knob of every stage, validated on load.
+
+`params.yaml` is parsed into `Params` (pydantic, `extra="forbid"`). A typo fails with one line naming the key and the
+nearest valid key. CLI and flow parameters are dotted overrides of the same model (`head.C=0.1`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestParams(_Section):
+    source: str = Field("data/raw", description="ImageFolder root (<class>/<files>) or a CSV with path,label[,split]")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    group_pattern: str | None = Field(
+        r"^(?P<group>.+?)(?:[_-]\d+)?$",
+        description="regex on the file stem; files with the same match (per class) share a split. null = no grouping",
+    )
+    max_pixels: int = Field(40_000_000, gt=0, description="reject images with more pixels than this")
+    extensions: list[str] = Field(
+        default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+    )
+    workers: int = Field(2, ge=1, description="threads decoding images to validate them")
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> "IngestParams":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be < 1 (something must be left to train on)")
+        return self
+
+
+class BackboneParams(_Section):
+    name: str = Field("tf_efficientnet_lite0", description="a registry name, or timm:<name> / torchvision:<name>")
+    weights: str = Field(
+        "default",
+        description="default (the registry's source), package, random, file:<path>, or hub[:<tag>] (needs internet)",
+    )
+    input_size: int = Field(224, ge=32, le=1024)
+    resize: Literal["pad", "crop", "squash"] = Field(
+        "pad", description="pad: letterbox on white; crop: shorter side then centre crop; squash: ignore aspect"
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights_source(cls, v: str) -> str:
+        head = v.split(":", 1)[0]
+        if head not in {"default", "package", "random", "file", "hub"}:
+            raise ValueError(f"unknown weights source {v!r}; use default, package, random, file:<path> or hub[:<tag>]")
+        return v
+
+
+class FeaturesParams(_Section):
+    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    shard_size: int = Field(4096, ge=1, description="rows per feature-store shard file")
+    threads: int = Field(0, ge=0, description="compute threads; 0 = all cores")
+    decode_workers: int = Field(1, ge=0, description="threads decoding and resizing images beside the model")
+
+
+class HeadParams(_Section):
+    type: Literal["logreg"] = "logreg"
+    C: float = Field(1.0, gt=0.0, description="inverse regularisation strength")
+    class_weight: Literal["none", "balanced"] = "none"
+    standardize: bool = Field(True, description="scale features to zero mean / unit variance (folded into the layer)")
+    max_iter: int = Field(2000, ge=10)
+
+
+class EvaluateParams(_Section):
+    split: Literal["val", "test"] = "test"
+
+
+class ExportParams(_Section):
+    opset: int = Field(18, ge=13)
+    parity_images: int = Field(32, ge=1, description="held-out images used for the ONNX-vs-torch parity gate")
+    parity_tolerance: float = Field(1e-4, gt=0.0)
+
+
+class Params(_Section):
+    seed: int = 0
+    ingest: IngestParams = Field(default_factory=IngestParams)
+    backbone: BackboneParams = Field(default_factory=BackboneParams)
+    features: FeaturesParams = Field(default_factory=FeaturesParams)
+    head: HeadParams = Field(default_factory=HeadParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, dotted + "."))
+    return keys
+
+
+def _nearest(key: str, candidates: list[str]) -> str | None:
+    by_lower = {c.lower(): c for c in candidates}
+    if key.lower() in by_lower:
+        return by_lower[key.lower()]
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not match:  # compare only the last component, within the same section
+        section, _, leaf = key.rpartition(".")
+        siblings = [c for c in candidates if c.rpartition(".")[0] == section]
+        leaves = difflib.get_close_matches(leaf, [s.rpartition(".")[2] for s in siblings], n=1, cutoff=0.4)
+        match = [f"{section}.{leaves[0]}" if section else leaves[0]] if leaves else []
+    return match[0] if match else None
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        hint = _nearest(key, _valid_keys(Params))
+        more = f" (did you mean '{hint}'?)" if hint else ""
+        return f"{source}: unknown key '{key}'{more}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+    return f"{source}: {key or 'top level'}: {msg}{got}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into (['a', 'b'], value) with the value parsed as YAML (so 0.1 is a float)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like section.key=value (e.g. head.C=0.1)")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of the raw params dict with dotted overrides applied (values parsed as YAML)."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def validate(data: dict, source: str = PARAMS_FILE) -> Params:
+    """Validate a raw dict into Params; any problem becomes a one-line UserError naming the key."""
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, source)) from None
+
+
+def read_raw(path: str | Path = PARAMS_FILE) -> dict:
+    """The params file as a plain dict ({} if the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = None) -> Params:
+    """Load and validate params.yaml (missing file = all defaults), with optional dotted overrides."""
+    data = read_raw(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate(data, str(path))
+
+
+def write_params(params: Params, path: str | Path = PARAMS_FILE) -> None:
+    """Write params to YAML atomically, keeping section order."""
+    from tasks.atomic import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
