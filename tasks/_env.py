@@ -29,8 +29,8 @@ def apply() -> None:
     for key, value in NO_TELEMETRY.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(project_root() / ".prefect"))
-    # Prefect's own log lines are enough; keep its UI/API chatter down in CLI runs.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # the embedded API server's access log is noise in a CLI run; flow and task logs stay at INFO
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")
 
 
 apply()

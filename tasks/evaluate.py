@@ -7,7 +7,6 @@ rendered `models/plots/confusion_matrix.png` (DVC's HTML plots need a CDN; a PNG
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -17,10 +16,11 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
 from tasks.atomic import atomic_path, atomic_write_text
-from tasks.errors import UserError, exit_on_user_error
+from tasks.errors import UserError
 from tasks.head import LinearHead, split_features
-from tasks.params import Params, load_params
+from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
+from tasks.stage_cli import run_stage_cli
 from tasks.progress import log
 
 
@@ -75,7 +75,6 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None
     plt.close(fig)
 
 
-@exit_on_user_error
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
     """Evaluate the head on `evaluate.split`; write metrics JSON, per-class JSON, confusion CSV and PNG."""
     paths = paths or default_paths()
@@ -110,12 +109,8 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
                            str(paths.metrics / "metrics.json"), str(png))
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tasks.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
-    args = ap.parse_args(argv)
-    run_evaluate(load_params(overrides=args.set))
+    run_stage_cli(run_evaluate, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ identical argmax), and only then renamed into place. A failed gate leaves the pr
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -30,12 +29,13 @@ import torch
 from tasks.atomic import atomic_write_text
 from tasks.backbones import ImageModel, build_backbone, feature_identity
 from tasks.engines import OrtEngine, export_onnx
-from tasks.errors import UserError, exit_on_user_error
+from tasks.errors import UserError
 from tasks.features import read_manifest
 from tasks.head import LinearHead
 from tasks.images import load_uint8
-from tasks.params import Params, load_params
+from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
+from tasks.stage_cli import run_stage_cli
 from tasks.progress import log
 
 
@@ -134,7 +134,6 @@ def check_parity(model: ImageModel, onnx_path: Path, images: np.ndarray, toleran
     return ParityReport(i, sizes, worst, agree, tolerance)
 
 
-@exit_on_user_error
 def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSummary:
     """Export backbone + head to `models/model.onnx` (+ labels.txt), only if the parity gate passes."""
     paths = paths or default_paths()
@@ -170,12 +169,8 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     return summary
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tasks.export", description=__doc__.splitlines()[0])
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
-    args = ap.parse_args(argv)
-    run_export(load_params(overrides=args.set))
+    run_stage_cli(run_export, __name__, argv)
 
 
 if __name__ == "__main__":

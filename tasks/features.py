@@ -7,7 +7,6 @@ Decoding/resizing runs in a thread pool one batch ahead of the model, so the two
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +18,12 @@ import pandas as pd
 
 from tasks.backbones import ImageModel, build_backbone, feature_fingerprint, feature_identity
 from tasks.engines import OrtEngine, TorchEngine, export_onnx, resolve_engine
-from tasks.errors import UserError, exit_on_user_error
+from tasks.errors import UserError
 from tasks.feature_store import FeatureStore, acquire
 from tasks.images import load_uint8
-from tasks.params import Params, load_params
+from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
+from tasks.stage_cli import run_stage_cli
 from tasks.progress import Progress, log
 
 
@@ -109,7 +109,6 @@ def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, 
     return len(todo)
 
 
-@exit_on_user_error
 def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesSummary:
     """Ensure every manifest image has a feature row under the current fingerprint.
 
@@ -143,12 +142,8 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     return summary
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tasks.features", description=__doc__.splitlines()[0])
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
-    args = ap.parse_args(argv)
-    run_features(load_params(overrides=args.set))
+    run_stage_cli(run_features, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ layer, so the exported ONNX graph is backbone + nn.Linear + softmax: one graph, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -17,10 +16,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from tasks.atomic import atomic_path, atomic_write_text
-from tasks.errors import UserError, exit_on_user_error
+from tasks.errors import UserError
 from tasks.features import open_store, read_manifest
-from tasks.params import Params, load_params
+from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
+from tasks.stage_cli import run_stage_cli
 from tasks.progress import log
 
 
@@ -94,7 +94,6 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[np.ndarray
     return weight, bias, [str(c) for c in clf.classes_]
 
 
-@exit_on_user_error
 def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
     """Train the head on train features and save it as a linear layer; report train and val accuracy."""
     paths = paths or default_paths()
@@ -117,12 +116,8 @@ def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
     return summary
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tasks.head", description=__doc__.splitlines()[0])
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
-    args = ap.parse_args(argv)
-    run_head(load_params(overrides=args.set))
+    run_stage_cli(run_head, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ new groups are placed, each into the split furthest below its target share for t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import time
@@ -25,10 +24,11 @@ import numpy as np
 import pandas as pd
 
 from tasks.atomic import atomic_path
-from tasks.errors import UserError, exit_on_user_error
+from tasks.errors import UserError
 from tasks.images import check_image
 from tasks.params import IngestParams, Params, load_params
 from tasks.paths import ProjectPaths, default_paths
+from tasks.stage_cli import run_stage_cli
 from tasks.progress import Progress, log
 
 SPLITS = ("train", "val", "test")
@@ -174,7 +174,6 @@ def assign_splits(df: pd.DataFrame, p: IngestParams, seed: int, previous: pd.Dat
     return split
 
 
-@exit_on_user_error
 def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSummary:
     """Build the manifest and rejection list from `params.ingest.source`. Outputs are written atomically.
 
@@ -285,12 +284,8 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     return summary
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tasks.ingest", description=__doc__.splitlines()[0])
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
-    args = ap.parse_args(argv)
-    run_ingest(load_params(overrides=args.set))
+    run_stage_cli(run_ingest, __name__, argv)
 
 
 if __name__ == "__main__":

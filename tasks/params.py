@@ -73,7 +73,7 @@ class FeaturesParams(_Section):
 
 class HeadParams(_Section):
     type: Literal["logreg"] = "logreg"
-    C: float = Field(1.0, gt=0.0, description="inverse regularisation strength")
+    C: float = Field(0.1, gt=0.0, description="inverse regularisation strength")
     class_weight: Literal["none", "balanced"] = "none"
     standardize: bool = Field(True, description="scale features to zero mean / unit variance (folded into the layer)")
     max_iter: int = Field(2000, ge=10)
@@ -186,11 +186,36 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
     data = read_raw(path)
     if overrides:
         data = apply_overrides(data, overrides)
-    return validate(data, str(path))
+    return validate(data, f"{path} + -S overrides" if overrides else str(path))
 
 
-def write_params(params: Params, path: str | Path = PARAMS_FILE) -> None:
-    """Write params to YAML atomically, keeping section order."""
+def write_overrides(overrides: list[str], path: str | Path = PARAMS_FILE) -> Params:
+    """Apply dotted overrides to the params file itself (comments kept), as `dvc exp run -S` does, so that
+    dvc.lock records what was run. Validates before writing; the file is replaced atomically."""
+    import io
+
+    from ruamel.yaml import YAML
+
     from tasks.atomic import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    params = load_params(path, overrides)
+    path = Path(path)
+    rt = YAML()
+    rt.preserve_quotes = True
+    doc = rt.load(path.read_text()) if path.exists() else None
+    if doc is None:
+        from ruamel.yaml.comments import CommentedMap
+
+        doc = CommentedMap()
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = doc
+        for part in keys[:-1]:
+            if part not in node:
+                node[part] = {}
+            node = node[part]
+        node[keys[-1]] = value
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    atomic_write_text(path, buf.getvalue())
+    return params

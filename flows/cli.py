@@ -1,0 +1,110 @@
+"""`headstart` command line: run the pipeline (as a Prefect flow), one stage, the demo, or `dvc repro`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from tasks.errors import UserError, exit_on_user_error
+from tasks.params import load_params
+from tasks.paths import default_paths
+
+
+def _print_result(results: dict, seconds: float) -> None:
+    paths = default_paths()
+    ev, ex = results["evaluate"], results["export"]
+
+    def rel(p: str) -> str:
+        return os.path.relpath(p, paths.root)
+
+    print(f"\nheadstart: done in {seconds:.0f}s")
+    print(f"  model    {rel(ex['onnx'])}  (ONNX, uint8 NHWC input, labels in {rel(ex['labels'])})")
+    print(f"  metrics  {rel(ev['metrics_path'])}  (per class: models/metrics/per_class.json)")
+    print(f"  plots    {rel(ev['confusion_png'])}")
+    print(f"  {ev['split']} accuracy {ev['accuracy']:.3f}, macro F1 {ev['f1_macro']:.3f} on {ev['n']} images")
+
+
+def cmd_run(args) -> None:
+    from flows.train import train_flow
+
+    load_params(overrides=args.set)  # fail fast, before Prefect starts, on a bad params file or override
+    t0 = time.perf_counter()
+    results = train_flow(overrides=args.set or None, commit=not args.no_commit)
+    _print_result(results, time.perf_counter() - t0)
+
+
+def cmd_demo(args) -> None:
+    from tasks.demo_data import materialise
+
+    paths = default_paths()
+    counts = materialise(paths.raw, per_class=args.per_class)
+    print(f"demo data: {sum(counts.values())} clip-art images in {len(counts)} classes -> "
+          f"{os.path.relpath(paths.raw, paths.root)}", file=sys.stderr)
+    cmd_run(args)
+
+
+def cmd_stage(args) -> None:
+    from flows.train import STAGE_FUNCTIONS
+
+    STAGE_FUNCTIONS[args.name](load_params(overrides=args.set))
+
+
+def cmd_repro(args) -> None:
+    from flows.dvc_sync import dvc_command
+
+    print(dvc_command(default_paths().root, "repro", *args.dvc_args, timeout=24 * 3600), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="headstart", description="Transfer learning: images -> deployable classifier.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def with_overrides(p):
+        p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="set a param (written to params.yaml, like `dvc exp run -S`)")
+        return p
+
+    run = with_overrides(sub.add_parser("run", help="run the whole pipeline as a Prefect flow, then dvc commit"))
+    run.add_argument("--no-commit", action="store_true", help="do not record the run with `dvc commit`")
+    run.set_defaults(func=cmd_run)
+
+    demo = with_overrides(sub.add_parser("demo", help="materialise the clip-art demo data, then `run`"))
+    demo.add_argument("--per-class", type=int, default=None, help="at most N demo images per class")
+    demo.add_argument("--no-commit", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    from flows.train import STAGES
+
+    stage = sub.add_parser("stage", help="run one stage without Prefect (what dvc.yaml runs)")
+    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param for this run only")
+    stage.set_defaults(func=cmd_stage)
+
+    repro = sub.add_parser("repro", help="`dvc repro` with the project's Python on PATH")
+    repro.add_argument("dvc_args", nargs=argparse.REMAINDER)
+    repro.set_defaults(func=cmd_repro)
+    return ap
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `headstart` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError:
+        raise
+    except Exception as exc:  # a failed Prefect flow re-raises the task's exception
+        cause = exc
+        while cause.__cause__ is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The training flow: ingest -> features -> head -> evaluate -> export, then record the run with DVC.
+
+Each Prefect task is a thin wrapper over the stage function in `tasks/` (the same functions `dvc repro` runs via
+`python -m tasks.<stage>`). After the stages, `dvc commit` records deps and outs in dvc.lock, so the repository
+ends in the state `dvc repro` would leave (`dvc status` clean, `dvc push` ready).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from prefect import flow, task
+
+from flows.dvc_sync import dvc_commit
+from tasks.evaluate import run_evaluate
+from tasks.export import run_export
+from tasks.features import run_features
+from tasks.head import run_head
+from tasks.ingest import run_ingest
+from tasks.params import PARAMS_FILE, load_params, write_overrides
+from tasks.paths import ProjectPaths, default_paths
+
+STAGES = ["ingest", "features", "head", "evaluate", "export"]  # dvc.yaml has the same stages, in this order
+STAGE_FUNCTIONS = {"ingest": run_ingest, "features": run_features, "head": run_head, "evaluate": run_evaluate,
+                   "export": run_export}
+
+
+def _as_dict(summary) -> dict:
+    return asdict(summary) if is_dataclass(summary) else dict(summary)
+
+
+def _stage_task(name: str):
+    fn = STAGE_FUNCTIONS[name]
+
+    @task(name=name, retries=0, log_prints=True)
+    def run(params, paths: ProjectPaths) -> dict:
+        return _as_dict(fn(params, paths))
+
+    return run
+
+
+STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
+
+
+@flow(name="headstart-train", log_prints=True)
+def train_flow(overrides: list[str] | None = None, root: str | None = None, commit: bool = True) -> dict:
+    """Run every stage on `root` (default: the working directory) and return each stage's summary.
+
+    `overrides` (dotted `key=value`) are written into params.yaml first, as `dvc exp run -S` does, so dvc.lock
+    records the parameters that produced the artifacts. With `commit`, finishes with `dvc commit`.
+    """
+    paths = ProjectPaths(Path(root).resolve()) if root else default_paths()
+    params_file = paths.root / PARAMS_FILE
+    params = write_overrides(overrides, params_file) if overrides else load_params(params_file)
+    results = {}
+    for name in STAGES:
+        results[name] = STAGE_TASKS[name](params, paths)
+    if commit:
+        dvc_commit(paths.root)
+    return results
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    main(["run"])

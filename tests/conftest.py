@@ -1,0 +1,100 @@
+"""Shared fixtures: a small real clip-art set, project directories, one Prefect test harness per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# no telemetry, no hub downloads, deliberate threads: set before anything heavy is imported
+os.environ.update({"ORT_DISABLE_TELEMETRY": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                   "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"})
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect" / "test"))
+
+from tasks.params import load_params, write_overrides  # noqa: E402
+from tasks.paths import ProjectPaths  # noqa: E402
+
+# Small and fast, still real: ~50 images per class of 7 clip-art classes at 96 px (a few seconds to extract).
+TEST_OVERRIDES = [
+    "backbone.input_size=96",
+    "ingest.val_fraction=0.2",
+    "ingest.test_fraction=0.3",
+    "export.parity_images=16",
+]
+PER_CLASS = 50
+
+
+def venv_env() -> dict:
+    """Environment for subprocesses: this interpreter's bin dir first on PATH (dvc stages call `python`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command in a project directory, capturing text output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def clipart_raw(tmp_path_factory) -> Path:
+    """A real clip-art subset (Debian openclipart-png), PER_CLASS unique images for each of the 7 demo classes."""
+    from tasks.demo_data import materialise
+
+    dest = tmp_path_factory.mktemp("clipart") / "raw"
+    materialise(dest, per_class=PER_CLASS)
+    return dest
+
+
+def make_project(dest: Path, raw: Path | None, overrides: list[str] = (), dvc: bool = False) -> ProjectPaths:
+    """A runnable project at `dest`: params.yaml (+ overrides), dvc.yaml and tasks/ (DVC hashes them as deps),
+    data/raw linked from `raw`; with `dvc`, also a git repo with DVC initialised like ours (.dvc/config)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", dest / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copytree(REPO / "tasks", dest / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    if raw is not None:
+        shutil.copytree(raw, dest / "data" / "raw", copy_function=os.link)
+    write_overrides(list(TEST_OVERRIDES) + list(overrides), dest / "params.yaml")
+    if dvc:
+        run(["git", "init", "-q"], dest)
+        run(["git", "config", "user.email", "test@example.invalid"], dest)
+        run(["git", "config", "user.name", "test"], dest)
+        run([sys.executable, "-m", "dvc", "init", "-q"], dest)
+        shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
+        shutil.copy(REPO / ".gitignore", dest / ".gitignore")
+    return ProjectPaths(dest)
+
+
+def project_params(paths: ProjectPaths, overrides: list[str] = ()):
+    """Validated params of a test project."""
+    return load_params(paths.root / "params.yaml", list(overrides))
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, clipart_raw):
+    """A project on which every stage ran once (stage functions called directly, no Prefect, no DVC)."""
+    from flows.train import STAGE_FUNCTIONS, STAGES
+
+    paths = make_project(tmp_path_factory.mktemp("built"), clipart_raw)
+    params = project_params(paths)
+    results = {name: STAGE_FUNCTIONS[name](params, paths) for name in STAGES}
+    return paths, params, results
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness (a temporary local API) for the whole session: it costs ~15 s to start."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
