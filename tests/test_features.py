@@ -1,0 +1,107 @@
+"""Feature store and engines: content-addressed and incremental, torch == ONNX Runtime, clear weight errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.backbones import BackboneParams, build_backbone, load_weights_into
+from tasks.errors import UserError
+from tasks.features import open_store, run_features
+from tasks.ingest import run_ingest
+from tests.conftest import make_project, project_params
+
+
+def test_incremental_extraction_only_runs_new_images_and_renames_cost_nothing(tmp_path, clipart_raw):
+    src = tmp_path / "src"
+    for c in ("plants", "buildings"):
+        shutil.copytree(clipart_raw / c, src / c)
+    holdout = sorted((src / "plants").rglob("*.png"))[-5:]
+    parked = tmp_path / "parked"
+    parked.mkdir()
+    for f in holdout:
+        shutil.move(f, parked / f.name)
+    paths = make_project(tmp_path / "proj", src)
+    params = project_params(paths)
+
+    run_ingest(params, paths)
+    first = run_features(params, paths)
+    assert first.extracted == first.images > 0 and first.cache_hits == 0
+
+    again = run_features(params, paths)
+    assert again.extracted == 0 and again.cache_hits == first.images
+
+    for f in sorted((paths.raw / "buildings").rglob("*.png"))[:3]:  # rename/move: same bytes, same key
+        f.rename(f.with_name("moved_" + f.name))
+    for f in parked.iterdir():
+        shutil.copy(f, paths.raw / "plants" / f.name)
+    run_ingest(params, paths)
+    third = run_features(params, paths)
+    assert third.extracted == 5
+    assert third.cache_hits == first.images
+
+    store = open_store(params, paths)
+    manifest = pd.read_parquet(paths.manifest)
+    feats = store.get(manifest["sha256"].tolist())
+    assert feats.shape == (len(manifest), 1280) and np.isfinite(feats).all()
+    assert len(list(store.dir.glob("shard-*.npy"))) == 2  # one shard per run that extracted something
+
+
+def test_torch_and_onnxruntime_engines_agree(tmp_path, clipart_raw):
+    src = tmp_path / "src"
+    shutil.copytree(clipart_raw / "tools", src / "tools")
+    shutil.copytree(clipart_raw / "plants", src / "plants")
+    out = {}
+    for engine in ("torch", "onnxruntime"):
+        paths = make_project(tmp_path / engine, src, [f"features.engine={engine}"])
+        params = project_params(paths)
+        run_ingest(params, paths)
+        assert run_features(params, paths).engine == engine
+        keys = pd.read_parquet(paths.manifest)["sha256"].tolist()
+        out[engine] = open_store(params, paths).get(keys)
+    assert out["torch"].shape == out["onnxruntime"].shape
+    assert np.abs(out["torch"] - out["onnxruntime"]).max() <= 1e-4
+
+
+def test_weights_that_do_not_fit_name_the_first_mismatched_tensor(tmp_path):
+    lite = build_backbone(BackboneParams(name="tf_efficientnet_lite0", weights="random")).model
+    sd = lite.state_dict()
+    first = next(iter(sd))
+    sd[first] = torch.zeros(7, 3, 3, 3)  # wrong shape for conv_stem.weight
+    bad = tmp_path / "bad.pt"
+    torch.save(sd, bad)
+    with pytest.raises(UserError, match=r"first mismatched tensor conv_stem.weight has shape \(7, 3, 3, 3\), "
+                                        r"expected \(32, 3, 3, 3\)"):
+        load_weights_into(build_backbone(BackboneParams(name="tf_efficientnet_lite0", weights="random")).model,
+                          bad, "backbone.weights")
+    resnet = tmp_path / "resnet18.pt"
+    torch.save(build_backbone(BackboneParams(name="resnet18", weights="random")).model.state_dict(), resnet)
+    with pytest.raises(UserError, match="wrong weights file for this backbone"):
+        build_backbone(BackboneParams(name="tf_efficientnet_lite0", weights=f"file:{resnet}"))
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="is not a readable PyTorch state dict"):
+        build_backbone(BackboneParams(name="resnet18", weights=f"file:{tmp_path / 'garbage.pt'}"))
+
+
+def test_file_weights_load_a_torchvision_backbone(tmp_path):
+    """The offline path for users behind firewalls: a local state dict named for the architecture."""
+    torch.manual_seed(1)
+    ref = build_backbone(BackboneParams(name="resnet18", weights="random"), seed=1).model
+    f = tmp_path / "r18.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, f)
+    loaded = build_backbone(BackboneParams(name="resnet18", weights=f"file:{f}"))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(x), ref(x))
+    assert loaded.feature_dim == 512 and len(loaded.blocks) == 4
+
+
+def test_packaged_lite2_weights_load_offline():
+    """The second packaged backbone: names differ from timm's, tensors map 1:1 in order."""
+    loaded = build_backbone(BackboneParams(name="tf_efficientnet_lite2"))
+    assert loaded.feature_dim == 1280 and len(loaded.blocks) == 7
+    assert len(loaded.weights_id) == 64  # sha256 of the packaged file, part of the feature fingerprint
