@@ -162,7 +162,9 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     atomic_write_text(paths.labels, "\n".join(head.classes) + "\n")
     size_mb = paths.onnx.stat().st_size / 1e6
     summary = ExportSummary(str(paths.onnx), str(paths.labels), size_mb, report, time.perf_counter() - t0)
-    atomic_write_text(paths.metrics / "export.json", json.dumps(asdict(summary), indent=2))
+    record = asdict(summary) | {"onnx": paths.onnx.relative_to(paths.root).as_posix(),
+                                "labels": paths.labels.relative_to(paths.root).as_posix()}
+    atomic_write_text(paths.metrics / "export.json", json.dumps(record, indent=2))
     log(f"export: {paths.onnx.relative_to(paths.root)} ({size_mb:.1f} MB, {len(head.classes)} classes, input "
         f"uint8 NHWC {params.backbone.input_size}px); parity on {report.images} images: max |dp| "
         f"{report.max_abs_diff_probs:.1e}, argmax agree {report.argmax_agree}; {summary.seconds:.1f}s")

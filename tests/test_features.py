@@ -105,3 +105,59 @@ def test_packaged_lite2_weights_load_offline():
     loaded = build_backbone(BackboneParams(name="tf_efficientnet_lite2"))
     assert loaded.feature_dim == 1280 and len(loaded.blocks) == 7
     assert len(loaded.weights_id) == 64  # sha256 of the packaged file, part of the feature fingerprint
+
+
+def _features_project(tmp_path, clipart_raw, overrides=()):
+    src = tmp_path / "src"
+    for c in ("animals", "food", "tools"):
+        shutil.copytree(clipart_raw / c, src / c)
+    paths = make_project(tmp_path / "proj", src, list(overrides))
+    params = project_params(paths)
+    run_ingest(params, paths)
+    return paths, params
+
+
+def test_kill_9_mid_extraction_loses_at_most_one_shard_and_the_next_run_resumes(tmp_path, clipart_raw):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import venv_env
+
+    paths, params = _features_project(tmp_path, clipart_raw, ["features.shard_size=16", "features.batch_size=8",
+                                                              "features.engine=torch"])
+    store_dir = open_store(params, paths).dir
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.features"], cwd=paths.root, env=venv_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(store_dir.glob("shard-*.keys.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(open_store(params, paths))
+    total = pd.read_parquet(paths.manifest)["sha256"].nunique()
+    assert 32 <= committed < total, (committed, total)  # it really died mid-way, after whole shards
+
+    resumed = run_features(params, paths)
+    assert resumed.cache_hits == committed and resumed.extracted == total - committed
+    assert not list(store_dir.glob(".shard-*"))  # no temp files left behind
+    keys = pd.read_parquet(paths.manifest)["sha256"].tolist()
+    after_crash = open_store(params, paths).get(keys)
+    clean_paths = make_project(tmp_path / "clean", paths.raw, ["features.engine=torch"])
+    run_ingest(project_params(clean_paths), clean_paths)
+    run_features(project_params(clean_paths), clean_paths)
+    assert np.abs(open_store(project_params(clean_paths), clean_paths).get(keys) - after_crash).max() <= 1e-5
+
+
+def test_a_second_writer_gets_a_clear_error_not_a_corrupt_store(tmp_path, clipart_raw):
+    paths, params = _features_project(tmp_path, clipart_raw)
+    lock = open_store(params, paths).lock()
+    lock.acquire()
+    try:
+        with pytest.raises(UserError, match="is being written by another run"):
+            run_features(params, paths)
+    finally:
+        lock.release()
+    assert run_features(params, paths).extracted > 0
