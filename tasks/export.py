@@ -30,7 +30,7 @@ from tasks.atomic import atomic_write_text
 from tasks.backbones import ImageModel, build_backbone, feature_identity
 from tasks.engines import OrtEngine, export_onnx
 from tasks.errors import UserError
-from tasks.features import read_manifest
+from tasks.ingest import read_manifest
 from tasks.head import LinearHead
 from tasks.images import load_uint8
 from tasks.params import Params

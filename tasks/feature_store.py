@@ -19,6 +19,9 @@ from filelock import FileLock, Timeout
 
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.errors import UserError
+from tasks.params import Params
+from tasks.paths import ProjectPaths
+from tasks.registry import feature_fingerprint, feature_identity
 
 _SHARD = re.compile(r"^shard-(\d{6})\.npy$")
 
@@ -131,3 +134,9 @@ def acquire(store: FeatureStore) -> FileLock:
         raise UserError(f"feature store {store.dir} is being written by another run (lock {lock.lock_file}); "
                         f"wait for it to finish") from None
     return lock
+
+
+def open_store(params: Params, paths: ProjectPaths) -> FeatureStore:
+    """The feature store for the configured backbone (created if new)."""
+    fp = feature_fingerprint(params.backbone, params.seed)
+    return FeatureStore(paths.features, fp, feature_identity(params.backbone, params.seed))

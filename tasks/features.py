@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.backbones import ImageModel, build_backbone, feature_fingerprint, feature_identity
+from tasks.backbones import ImageModel, build_backbone
 from tasks.engines import OrtEngine, TorchEngine, export_onnx, resolve_engine
 from tasks.errors import UserError
-from tasks.feature_store import FeatureStore, acquire
+from tasks.feature_store import FeatureStore, acquire, open_store
+from tasks.ingest import read_manifest
 from tasks.images import load_uint8
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
@@ -41,19 +42,6 @@ class FeaturesSummary:
     images_per_s: float
 
 
-def read_manifest(paths: ProjectPaths) -> pd.DataFrame:
-    """The manifest, or a one-line error saying to run ingest."""
-    if not paths.manifest.exists():
-        raise UserError(f"{paths.manifest} not found; run the ingest stage first (python -m tasks.ingest)")
-    return pd.read_parquet(paths.manifest)
-
-
-def open_store(params: Params, paths: ProjectPaths) -> FeatureStore:
-    """The feature store for the configured backbone (created if new)."""
-    fp = feature_fingerprint(params.backbone, params.seed)
-    return FeatureStore(paths.features, fp, feature_identity(params.backbone, params.seed))
-
-
 def make_engine(params: Params, store: FeatureStore):
     """Build the configured engine; the ONNX backbone is exported once per fingerprint and cached in the store."""
     loaded = build_backbone(params.backbone, params.seed)
@@ -64,7 +52,7 @@ def make_engine(params: Params, store: FeatureStore):
     onnx_path = store.dir / "backbone.onnx"
     if not onnx_path.exists():
         export_onnx(model, onnx_path, params.backbone.input_size, ["features"], params.export.opset)
-    return OrtEngine(onnx_path, params.features.threads)
+    return OrtEngine(onnx_path, params.features.threads, spin=params.features.decode_workers == 0)
 
 
 def _batches(items: list, size: int):

@@ -17,7 +17,8 @@ from sklearn.preprocessing import StandardScaler
 
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.errors import UserError
-from tasks.features import open_store, read_manifest
+from tasks.feature_store import open_store
+from tasks.ingest import read_manifest
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
 from tasks.stage_cli import run_stage_cli

@@ -47,6 +47,13 @@ class Candidate:
     reason: str = ""
 
 
+def read_manifest(paths: ProjectPaths) -> pd.DataFrame:
+    """The manifest, or a one-line error saying to run ingest."""
+    if not paths.manifest.exists():
+        raise UserError(f"{paths.manifest} not found; run the ingest stage first (python -m tasks.ingest)")
+    return pd.read_parquet(paths.manifest)
+
+
 @dataclass
 class IngestSummary:
     """What ingest produced: counts per split and class, rejections, and output paths."""

@@ -61,7 +61,7 @@ def test_onnx_graph_contract_and_metadata(exported):
 def test_onnx_model_reproduces_the_head_on_cached_features(built_project, exported):
     """No train/serve skew: the served graph gives the same predictions as the head scored in evaluate."""
     paths, params, session, _, images = exported
-    from tasks.features import open_store
+    from tasks.feature_store import open_store
 
     m = pd.read_parquet(paths.manifest)
     test = m[m["split"] == "test"].head(8)

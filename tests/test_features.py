@@ -11,7 +11,8 @@ import torch
 
 from tasks.backbones import BackboneParams, build_backbone, load_weights_into
 from tasks.errors import UserError
-from tasks.features import open_store, run_features
+from tasks.feature_store import open_store
+from tasks.features import run_features
 from tasks.ingest import run_ingest
 from tests.conftest import make_project, project_params
 
