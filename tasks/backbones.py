@@ -125,7 +125,35 @@ def build_backbone(p: BackboneParams, seed: int = 0) -> LoadedBackbone:
     else:
         weights_id = f"random:{seed}"
     model.eval()
-    return LoadedBackbone(model, spec, feature_dim, weights_id, _ordered_blocks(model, spec))
+    blocks = _ordered_blocks(model, spec)
+    if p.layer != "pooled":
+        model = IntermediateLayer(model, p.layer).eval()
+        with torch.inference_mode():
+            feature_dim = int(model(torch.zeros(1, 3, 64, 64)).shape[1])
+    return LoadedBackbone(model, spec, feature_dim, weights_id, blocks)
+
+
+class IntermediateLayer(nn.Module):
+    """The output of one named module, global-average-pooled to (N, C). The graph is cut there by FX (timm's
+    feature extractor, which knows timm's untraceable layers), so later layers are not computed or exported."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        names = [n for n, _ in model.named_modules() if n]
+        if layer not in names:
+            import difflib
+
+            near = difflib.get_close_matches(layer, names, n=3)
+            raise UserError(f"backbone.layer: '{layer}' is not a module of this backbone"
+                            f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}")
+        from timm.models._features_fx import create_feature_extractor
+
+        self.layer = layer
+        self.body = create_feature_extractor(model, {layer: layer})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)[self.layer]
+        return out.mean(dim=(2, 3)) if out.dim() == 4 else out.flatten(1)
 
 
 def _ordered_blocks(model: nn.Module, spec: BackboneSpec) -> list[nn.Module]:

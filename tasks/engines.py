@@ -6,20 +6,31 @@ and torch on CUDA. Both run the same `ImageModel`, so they agree to float roundi
 
 from __future__ import annotations
 
+import glob
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
 from tasks.atomic import atomic_path
 
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch is imported only where a torch model is built or run: the ONNX Runtime path over a cached backbone graph
+# never pays its ~2-4 s import.
+
 
 def cuda_available() -> bool:
-    """True when a CUDA device is usable by torch."""
+    """True when a CUDA device is usable by torch. On Linux without NVIDIA device nodes, answers without importing
+    torch."""
+    if sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*"):
+        return False
+    import torch
+
     return torch.cuda.is_available()
 
 
@@ -51,6 +62,8 @@ def export_onnx(model: nn.Module, dest: Path, size: int, output_names: list[str]
     Uses torch's TorchScript-based exporter when available (0.9 s for Lite0 here) and falls back to the dynamo
     exporter (16 s here, the future default). The trace uses batch 2 so the batch axis stays symbolic.
     """
+    import torch
+
     model = model.eval()
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     dynamic = {"images": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
@@ -78,12 +91,16 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, model: nn.Module, threads: int):
+        import torch
+
         self.device = torch.device("cuda" if cuda_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(resolve_threads(threads))
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
         with torch.inference_mode():
             if self.device.type == "cuda":

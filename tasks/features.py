@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.backbones import ImageModel, build_backbone
 from tasks.engines import OrtEngine, TorchEngine, export_onnx, resolve_engine
 from tasks.errors import UserError
 from tasks.feature_store import FeatureStore, acquire, open_store
@@ -38,20 +37,27 @@ class FeaturesSummary:
     images: int
     cache_hits: int
     extracted: int
+    rejected: int  # files ingest rejected (see data/prepared/rejected.csv)
     seconds: float
     images_per_s: float
 
 
-def make_engine(params: Params, store: FeatureStore):
-    """Build the configured engine; the ONNX backbone is exported once per fingerprint and cached in the store."""
+def _torch_model(params: Params):
+    from tasks.backbones import ImageModel, build_backbone
+
     loaded = build_backbone(params.backbone, params.seed)
-    model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std)
+    return ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std)
+
+
+def make_engine(params: Params, store: FeatureStore):
+    """Build the configured engine. The ONNX backbone is exported once per fingerprint and cached in the store;
+    with it cached, the ONNX Runtime engine needs no torch at all."""
     name = resolve_engine(params.features.engine)
     if name == "torch":
-        return TorchEngine(model, params.features.threads)
+        return TorchEngine(_torch_model(params), params.features.threads)
     onnx_path = store.dir / "backbone.onnx"
     if not onnx_path.exists():
-        export_onnx(model, onnx_path, params.backbone.input_size, ["features"], params.export.opset)
+        export_onnx(_torch_model(params), onnx_path, params.backbone.input_size, ["features"], params.export.opset)
     return OrtEngine(onnx_path, params.features.threads, spin=params.features.decode_workers == 0)
 
 
@@ -123,10 +129,12 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
         lock.release()
     seconds = time.perf_counter() - t0
     n_unique = len(set(keys))
+    rejected = sum(1 for _ in open(paths.rejected)) - 1 if paths.rejected.exists() else 0
     summary = FeaturesSummary(store.fingerprint, str(store.dir), engine_name, n_unique, n_unique - len(todo),
-                              len(todo), seconds, len(todo) / seconds if todo else 0.0)
-    log(f"features: {summary.images} images, {summary.cache_hits} cache hits, {summary.extracted} extracted "
-        f"[{engine_name}] in {seconds:.1f}s ({summary.images_per_s:.1f} img/s) -> {Path(summary.store).name}")
+                              len(todo), rejected, seconds, len(todo) / seconds if todo else 0.0)
+    log(f"features: {summary.images} images, {summary.cache_hits} cache hits, {summary.extracted} extracted, "
+        f"{rejected} rejected by ingest [{engine_name}] in {seconds:.1f}s ({summary.images_per_s:.1f} img/s) "
+        f"-> {Path(summary.store).name}")
     return summary
 
 

@@ -7,6 +7,7 @@ exactly this function for everything that happens before the graph.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +32,16 @@ class ImageCheck:
     reason: str = ""
 
 
-def check_image(path: str | Path, max_pixels: int) -> ImageCheck:
-    """Fully decode `path` to prove it is a readable image within the pixel limit. Never raises for bad files."""
-    path = Path(path)
+def check_image(source: str | Path | io.BytesIO, max_pixels: int) -> ImageCheck:
+    """Fully decode `source` (a path or the file's bytes) to prove it is a readable image within the pixel limit.
+    Never raises for bad files."""
     try:
-        if path.stat().st_size == 0:
+        empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else Path(source).stat().st_size == 0
+        if empty:
             return ImageCheck(False, reason="empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     return ImageCheck(False, w, h, f"too large: {w}x{h} = {w * h / 1e6:.0f} MP > limit "

@@ -13,6 +13,7 @@ new groups are placed, each into the split furthest below its target share for t
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import time
 import zlib
@@ -133,7 +134,7 @@ def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]]) -
     if c.sha256 in known:
         c.width, c.height = known[c.sha256]
         return c
-    check = check_image(c.path, max_pixels)
+    check = check_image(io.BytesIO(data), max_pixels)
     c.width, c.height, c.reason = check.width, check.height, check.reason
     return c
 
@@ -150,35 +151,50 @@ def _group_key(rel: str, pattern: re.Pattern | None) -> str:
 
 def assign_splits(df: pd.DataFrame, p: IngestParams, seed: int, previous: pd.DataFrame | None) -> pd.Series:
     """Split assignment: explicit > previous (by sha256, then by group) > new groups placed by largest deficit."""
-    split = df["explicit_split"].copy()
+    labels, groups = df["label"].tolist(), df["group"].tolist()
+    split: list[str | None] = [s if isinstance(s, str) else None for s in df["explicit_split"]]
+    by_sha: dict[str, str] = {}
+    by_group: dict[tuple[str, str], str] = {}
     if previous is not None and len(previous):
         by_sha = dict(zip(previous["sha256"], previous["split"]))
         by_group = dict(zip(zip(previous["label"], previous["group"]), previous["split"]))
-        for i in df.index[split.isna()]:
-            s = by_sha.get(df.at[i, "sha256"]) or by_group.get((df.at[i, "label"], df.at[i, "group"]))
-            if s is not None:
-                split.at[i] = s
+    for i, sha in enumerate(df["sha256"]):
+        if split[i] is None:
+            split[i] = by_sha.get(sha) or by_group.get((labels[i], groups[i]))
     # a group must not straddle splits: a new file joins its group's existing split
-    fixed = df.assign(split=split).dropna(subset=["split"])
-    group_split = dict(zip(zip(fixed["label"], fixed["group"]), fixed["split"]))
-    for i in df.index[split.isna()]:
-        s = group_split.get((df.at[i, "label"], df.at[i, "group"]))
-        if s is not None:
-            split.at[i] = s
+    group_split = {(labels[i], groups[i]): s for i, s in enumerate(split) if s is not None}
+    members: dict[str, dict[str, list[int]]] = {}
+    for i, s in enumerate(split):
+        if s is None and (labels[i], groups[i]) in group_split:
+            split[i] = group_split[(labels[i], groups[i])]
+        elif s is None:
+            members.setdefault(labels[i], {}).setdefault(groups[i], []).append(i)
     targets = {"train": 1.0 - p.val_fraction - p.test_fraction, "val": p.val_fraction, "test": p.test_fraction}
-    for label, rows in df.groupby("label", sort=True):
-        total = len(rows)
-        counts = {s: int((split.loc[rows.index] == s).sum()) for s in SPLITS}
-        pending = rows[split.loc[rows.index].isna()]
-        groups = sorted(pending["group"].unique())
+    totals = pd.Series(labels).value_counts().to_dict()
+    for label in sorted(members):
+        counts = {s: 0 for s in SPLITS}
+        for i, s in enumerate(split):
+            if s is not None and labels[i] == label:
+                counts[s] += 1
+        names = sorted(members[label])
         rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
-        for g in (groups[k] for k in rng.permutation(len(groups))):
-            idx = pending.index[pending["group"] == g]
-            deficit = {s: targets[s] * total - counts[s] for s in SPLITS}
+        for g in (names[k] for k in rng.permutation(len(names))):
+            deficit = {s: targets[s] * totals[label] - counts[s] for s in SPLITS}
             best = max(SPLITS, key=lambda s: (deficit[s], -SPLITS.index(s)))
-            split.loc[idx] = best
-            counts[best] += len(idx)
-    return split
+            for i in members[label][g]:
+                split[i] = best
+            counts[best] += len(members[label][g])
+    return pd.Series(split, index=df.index, dtype=object)
+
+
+def _warn_collapsed_groups(df: pd.DataFrame, p: IngestParams) -> None:
+    """Say so when grouping leaves a class unable to reach val/test (one group holds most of its files)."""
+    for label, rows in df.groupby("label"):
+        largest = rows["group"].value_counts().iloc[0]
+        if len(rows) >= 10 and largest > 0.5 * len(rows):
+            log(f"ingest: warning: {largest} of {len(rows)} '{label}' files share one group "
+                f"('{rows['group'].value_counts().index[0]}') under ingest.group_pattern, so they share one split; "
+                f"set ingest.group_pattern to match your file names, or null")
 
 
 def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSummary:
@@ -199,6 +215,7 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
         candidates, rejected = _list_folder(source, p, paths.root)
     else:
         candidates, rejected = _list_csv(source, paths.root), []
+    n_listed_rejects = len(rejected)  # rejected from their name alone, before inspection
 
     previous = None
     known: dict[str, tuple[int, int]] = {}
@@ -251,6 +268,7 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
             "group": [_group_key(c.rel, pattern) for c in good],
         }
     )
+    _warn_collapsed_groups(df, p)
     df["split"] = assign_splits(df, p, params.seed, previous)
     train_labels = set(df.loc[df["split"] == "train", "label"])
     for s in ("val", "test"):
@@ -272,7 +290,7 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
         key = c.reason.split(" (")[0].split(" of ")[0].split(":")[0]
         reasons[key] = reasons.get(key, 0) + 1
     summary = IngestSummary(
-        n_files=len(inspected) + len([c for c in rejected if not c.sha256 and c not in inspected]),
+        n_files=len(candidates) + n_listed_rejects,
         n_usable=len(df),
         n_rejected=len(rejected),
         per_split={s: int((df["split"] == s).sum()) for s in SPLITS},

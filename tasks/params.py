@@ -27,7 +27,7 @@ class IngestParams(_Section):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     group_pattern: str | None = Field(
-        r"^(?P<group>.+?)(?:[_-]\d+)?$",
+        r"^(?P<group>.+?)(?:[_-]\d{1,2})?$",
         description="regex on the file stem; files with the same match (per class) share a split. null = no grouping",
     )
     max_pixels: int = Field(40_000_000, gt=0, description="reject images with more pixels than this")
@@ -53,6 +53,8 @@ class BackboneParams(_Section):
     resize: Literal["pad", "crop", "squash"] = Field(
         "pad", description="pad: letterbox on white; crop: shorter side then centre crop; squash: ignore aspect"
     )
+    layer: str = Field("pooled", description="pooled (penultimate layer) or a module name, e.g. blocks.4 / layer3, "
+                                             "whose output is global-average-pooled")
 
     @field_validator("weights")
     @classmethod

@@ -150,7 +150,7 @@ def feature_identity(p: BackboneParams, seed: int = 0) -> dict:
         "resize": p.resize,
         "mean": list(spec.mean),
         "std": list(spec.std),
-        "layer": "pooled",
+        "layer": p.layer,
     }
 
 

@@ -162,3 +162,16 @@ def test_a_second_writer_gets_a_clear_error_not_a_corrupt_store(tmp_path, clipar
     finally:
         lock.release()
     assert run_features(params, paths).extracted > 0
+
+
+def test_a_named_intermediate_layer_gives_pooled_features_and_its_own_fingerprint():
+    from tasks.registry import feature_fingerprint
+
+    p = BackboneParams(name="tf_efficientnet_lite0", weights="random", layer="blocks.4")
+    loaded = build_backbone(p)
+    assert loaded.feature_dim == 112
+    with torch.inference_mode():
+        assert loaded.model(torch.rand(2, 3, 64, 64)).shape == (2, 112)
+    assert feature_fingerprint(p) != feature_fingerprint(BackboneParams(name="tf_efficientnet_lite0", weights="random"))
+    with pytest.raises(UserError, match=r"backbone.layer: 'blocks.44' is not a module.*did you mean"):
+        build_backbone(BackboneParams(name="tf_efficientnet_lite0", weights="random", layer="blocks.44"))
