@@ -51,6 +51,12 @@ def cmd_stage(args) -> None:
     STAGE_FUNCTIONS[args.name](load_params(overrides=args.set))
 
 
+def cmd_predict(args) -> None:
+    from tasks.predict import predict
+
+    predict(args.inputs, model=args.model, top_k=args.top_k, out=args.out, batch_size=args.batch_size)
+
+
 def cmd_repro(args) -> None:
     from flows.dvc_sync import dvc_command
 
@@ -82,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a param for this run only")
     stage.set_defaults(func=cmd_stage)
+
+    pred = sub.add_parser("predict", help="top-k predictions of the exported model for files, folders or a CSV")
+    pred.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or CSVs with a path column")
+    pred.add_argument("--model", default="models/model.onnx")
+    pred.add_argument("--top-k", type=int, default=3)
+    pred.add_argument("--out", default=None, help="output .csv or .json (default: CSV on stdout)")
+    pred.add_argument("--batch-size", type=int, default=32)
+    pred.set_defaults(func=cmd_predict)
 
     repro = sub.add_parser("repro", help="`dvc repro` with the project's Python on PATH")
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER)

@@ -21,7 +21,7 @@ from tasks.ingest import run_ingest
 from tasks.params import PARAMS_FILE, load_params, write_overrides
 from tasks.paths import ProjectPaths, default_paths
 
-STAGES = ["ingest", "features", "head", "evaluate", "export"]  # dvc.yaml has the same stages, in this order
+STAGES = ["ingest", "features", "head", "export", "evaluate"]  # dvc.yaml has the same stages, in this order
 STAGE_FUNCTIONS = {"ingest": run_ingest, "features": run_features, "head": run_head, "evaluate": run_evaluate,
                    "export": run_export}
 

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: score the trained head on a held-out split (default test).
+"""Stage `evaluate`: score the model on a held-out split (default test), by default the exported ONNX artifact.
 
 Writes DVC metrics `models/metrics/metrics.json` (accuracy; macro and weighted precision, recall, F1) and
 `models/metrics/per_class.json`, and DVC plots `models/plots/confusion_matrix.csv` (actual,predicted rows) plus a
@@ -17,7 +17,11 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.errors import UserError
-from tasks.head import LinearHead, split_features
+from tasks.feature_store import open_store
+from tasks.head import LinearHead
+from tasks.ingest import read_manifest
+from tasks.model_card import write_model_card
+from tasks.onnx_model import OnnxClassifier
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
 from tasks.stage_cli import run_stage_cli
@@ -75,24 +79,51 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None
     plt.close(fig)
 
 
+def _score(params: Params, paths: ProjectPaths, rows, head: LinearHead, artifact: str) -> tuple[np.ndarray, str]:
+    """Probabilities of `rows` from the chosen artifact, and a description of what was scored."""
+    if artifact == "head":
+        store = open_store(params, paths)
+        if head.fingerprint != store.fingerprint:
+            raise UserError(f"{paths.head} was trained on features {head.fingerprint}, but params select "
+                            f"{store.fingerprint}; re-run the head stage")
+        return head.probs(store.get(rows["sha256"].tolist())), f"{paths.head.name} on cached features"
+    onnx_path = paths.onnx if artifact == "onnx" else paths.models / "int8" / "model.onnx"
+    clf = OnnxClassifier(onnx_path)
+    if clf.classes != head.classes:
+        raise UserError(f"{onnx_path} predicts {clf.classes}, {paths.head} has {head.classes}; re-run export")
+    preds = list(clf.predict_paths([paths.root / p for p in rows["path"]], batch_size=32))
+    bad = [p for p in preds if p.probs is None]
+    if bad:
+        raise UserError(f"{bad[0].path}: {bad[0].error} (it was usable at ingest; re-run ingest)")
+    rel = onnx_path.relative_to(paths.root).as_posix()
+    return np.stack([p.probs for p in preds]), f"{rel} via ONNX Runtime from image files"
+
+
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
-    """Evaluate the head on `evaluate.split`; write metrics JSON, per-class JSON, confusion CSV and PNG."""
+    """Score `evaluate.artifact` (default: the exported ONNX model, as a server would run it) on `evaluate.split`;
+    write metrics JSON, per-class JSON, confusion CSV and PNG, and the model card. An int8 variant, when exported, is
+    scored on the same images and reported beside it."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
     head = LinearHead.load(paths.head)
     split = params.evaluate.split
-    x, y, rows, fp = split_features(params, paths, split)
-    if head.fingerprint != fp:
-        raise UserError(f"{paths.head} was trained on features {head.fingerprint}, but params select {fp}; "
-                        f"re-run the head stage")
+    manifest = read_manifest(paths)
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    y = rows["label"].to_numpy()
     if not len(y):
         raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
     unknown = sorted(set(y) - set(head.classes))
     if unknown:
         raise UserError(f"label '{unknown[0]}' in the {split} split is not a class of {paths.head}; re-run head")
-    pred = np.array(head.classes)[head.logits(x).argmax(1)]
+    probs, scored = _score(params, paths, rows, head, params.evaluate.artifact)
+    pred = np.array(head.classes)[probs.argmax(1)]
     metrics, per_class = compute_metrics(y, pred, head.classes)
-    metrics |= {"n": int(len(y)), "split": split, "artifact": "head on cached features", "fingerprint": fp}
+    metrics |= {"n": int(len(y)), "split": split, "artifact": scored}
+    int8_path = paths.models / "int8" / "model.onnx"
+    if params.evaluate.artifact == "onnx" and int8_path.exists():
+        p8, _ = _score(params, paths, rows, head, "int8")
+        m8, _ = compute_metrics(y, np.array(head.classes)[p8.argmax(1)], head.classes)
+        metrics |= {"int8_accuracy": m8["accuracy"], "int8_f1_macro": m8["f1_macro"]}
     cm = confusion_matrix(y, pred, labels=head.classes)
 
     atomic_write_text(paths.metrics / "metrics.json", json.dumps(metrics, indent=2))
@@ -102,9 +133,12 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     png = paths.plots / "confusion_matrix.png"
     plot_confusion(cm, head.classes, f"{split}: accuracy {metrics['accuracy']:.3f}, macro F1 "
                                      f"{metrics['f1_macro']:.3f} (n={len(y)})", png)
+    write_model_card(params, paths, manifest, metrics, per_class)
+    int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
     log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
-        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} images in {time.perf_counter() - t0:.1f}s "
-        f"-> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, {png.relative_to(paths.root)}")
+        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} images ({scored}){int8} in "
+        f"{time.perf_counter() - t0:.1f}s -> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, "
+        f"{png.relative_to(paths.root)}")
     return EvaluateSummary(split, int(len(y)), metrics["accuracy"], metrics["f1_macro"],
                            str(paths.metrics / "metrics.json"), str(png))
 

@@ -7,7 +7,7 @@ so no client can get it wrong. The batch axis is dynamic. Class names, input con
 the model's metadata_props; `models/labels.txt` lists classes one per line (Triton's label file format).
 
 The ONNX file is written to a staging path, checked (onnx.checker, then ONNX Runtime vs torch eager on up to
-`export.parity_images` val images at batch 1, 7 and the rest: max |p_onnx - p_torch| <= export.parity_tolerance and
+`export.parity_images` val images at batch 1, 7, 32 and the rest: max |p_onnx - p_torch| <= export.parity_tolerance and
 identical argmax), and only then renamed into place. A failed gate leaves the previous model untouched.
 """
 
@@ -36,6 +36,7 @@ from tasks.images import load_uint8
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
 from tasks.stage_cli import run_stage_cli
+from tasks.triton import write_triton_repo
 from tasks.progress import log
 
 
@@ -85,8 +86,9 @@ def _git_commit(root: Path) -> str:
 
 def model_metadata(params: Params, head: LinearHead, paths: ProjectPaths) -> dict[str, str]:
     """metadata_props written into the ONNX model (all values are strings, JSON where structured)."""
-    metrics_file = paths.metrics / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    head_file = paths.models / "head.json"  # validation metrics of the head (test metrics come after, in evaluate)
+    head_info = json.loads(head_file.read_text()) if head_file.exists() else {}
+    metrics = {k: head_info[k] for k in ("train_accuracy", "val_accuracy", "n_train") if head_info.get(k) is not None}
     p = params.backbone
     return {
         "headstart.classes": json.dumps(head.classes),
@@ -100,6 +102,7 @@ def model_metadata(params: Params, head: LinearHead, paths: ProjectPaths) -> dic
                                                   .encode()).hexdigest(),
         "headstart.git_commit": _git_commit(paths.root),
         "headstart.metrics": json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}),
+        "headstart.opset": str(params.export.opset),
         "headstart.created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -120,7 +123,7 @@ def check_parity(model: ImageModel, onnx_path: Path, images: np.ndarray, toleran
     """Run ONNX Runtime and torch eager on the same images at batch 1, 7 and the remainder; compare probabilities."""
     engine = OrtEngine(onnx_path, threads=0)
     sizes, worst, agree, i = [], 0.0, True, 0
-    for bs in (1, 7, len(images)):
+    for bs in (1, 7, 32, len(images)):
         chunk = images[i : i + bs]
         if not len(chunk):
             break
@@ -134,8 +137,43 @@ def check_parity(model: ImageModel, onnx_path: Path, images: np.ndarray, toleran
     return ParityReport(i, sizes, worst, agree, tolerance)
 
 
+def _split_images(params: Params, paths: ProjectPaths, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` images of one split (sorted by sha256, so the choice is stable) and their labels."""
+    m = read_manifest(paths)
+    rows = m[m["split"] == split].sort_values("sha256").head(limit)
+    size, mode = params.backbone.input_size, params.backbone.resize
+    if not len(rows):
+        return np.zeros((0, size, size, 3), np.uint8), np.array([], dtype=object)
+    return np.stack([load_uint8(paths.root / p, size, mode) for p in rows["path"]]), rows["label"].to_numpy()
+
+
+def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> dict:
+    """Build models/int8/model.onnx if enabled and accurate enough; always write models/int8/report.json."""
+    p = params.export
+    out_dir = paths.models / "int8"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not p.int8:
+        (out_dir / "model.onnx").unlink(missing_ok=True)
+        report = {"enabled": False, "reason": "export.int8 is false"}
+    else:
+        from tasks.quantize import build_int8
+
+        calib, _ = _split_images(params, paths, "train", p.int8_calibration_images)
+        val_x, val_y = _split_images(params, paths, "val", 10_000)
+        if not len(val_y):
+            val_x, val_y = _split_images(params, paths, "test", 10_000)
+        r = build_int8(paths.onnx, out_dir / "model.onnx", calib, val_x, val_y, classes, p.int8_max_accuracy_drop)
+        report = {"enabled": True} | asdict(r)
+        log(f"export: int8 {'accepted' if r.accepted else 'REJECTED'}: accuracy {r.fp32_accuracy:.3f} -> "
+            f"{r.int8_accuracy:.3f} on {r.eval_images} val images, {r.fp32_mb:.1f} -> {r.int8_mb:.1f} MB, "
+            f"{r.fp32_img_s:.0f} -> {r.int8_img_s:.0f} img/s ({r.reason})")
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
+    return report
+
+
 def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSummary:
-    """Export backbone + head to `models/model.onnx` (+ labels.txt), only if the parity gate passes."""
+    """Export backbone + head to `models/model.onnx` (+ labels.txt, Triton folder, optional int8 variant), only if
+    the parity gate passes; otherwise the previous model stays in place."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
     head = LinearHead.load(paths.head)
@@ -160,14 +198,20 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     finally:
         staging.unlink(missing_ok=True)
     atomic_write_text(paths.labels, "\n".join(head.classes) + "\n")
+    triton = write_triton_repo(paths.onnx, head.classes, params.backbone.input_size, paths.models / "triton",
+                               params.export.triton_name, params.export.triton_max_batch_size)
+    int8 = _int8_variant(params, paths, head.classes)
     size_mb = paths.onnx.stat().st_size / 1e6
     summary = ExportSummary(str(paths.onnx), str(paths.labels), size_mb, report, time.perf_counter() - t0)
     record = asdict(summary) | {"onnx": paths.onnx.relative_to(paths.root).as_posix(),
-                                "labels": paths.labels.relative_to(paths.root).as_posix()}
+                                "labels": paths.labels.relative_to(paths.root).as_posix(),
+                                "triton": triton.relative_to(paths.root).as_posix(),
+                                "opset": params.export.opset, "int8_accepted": bool(int8.get("accepted", False))}
     atomic_write_text(paths.metrics / "export.json", json.dumps(record, indent=2))
     log(f"export: {paths.onnx.relative_to(paths.root)} ({size_mb:.1f} MB, {len(head.classes)} classes, input "
-        f"uint8 NHWC {params.backbone.input_size}px); parity on {report.images} images: max |dp| "
-        f"{report.max_abs_diff_probs:.1e}, argmax agree {report.argmax_agree}; {summary.seconds:.1f}s")
+        f"uint8 NHWC {params.backbone.input_size}px) + {triton.relative_to(paths.root)}; parity on "
+        f"{report.images} images at batch {report.batch_sizes}: max |dp| {report.max_abs_diff_probs:.1e}, "
+        f"argmax agree {report.argmax_agree}; {summary.seconds:.1f}s")
     return summary
 
 

@@ -83,12 +83,20 @@ class HeadParams(_Section):
 
 class EvaluateParams(_Section):
     split: Literal["val", "test"] = "test"
+    artifact: Literal["onnx", "head"] = Field(
+        "onnx", description="onnx: score the exported model through ONNX Runtime from the image files, as a server "
+                            "would; head: score the head on cached features (faster, no decoding)")
 
 
 class ExportParams(_Section):
     opset: int = Field(18, ge=13)
-    parity_images: int = Field(32, ge=1, description="held-out images used for the ONNX-vs-torch parity gate")
+    parity_images: int = Field(40, ge=1, description="held-out images for the ONNX-vs-torch gate (batches 1, 7, 32)")
     parity_tolerance: float = Field(1e-4, gt=0.0)
+    triton_name: str = Field("headstart", pattern=r"^[A-Za-z0-9_.-]+$")
+    triton_max_batch_size: int = Field(32, ge=1)
+    int8: bool = Field(False, description="also build a statically quantised int8 model (models/int8/)")
+    int8_calibration_images: int = Field(128, ge=8)
+    int8_max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
 
 
 class Params(_Section):

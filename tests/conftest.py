@@ -25,7 +25,7 @@ TEST_OVERRIDES = [
     "backbone.input_size=96",
     "ingest.val_fraction=0.2",
     "ingest.test_fraction=0.3",
-    "export.parity_images=16",
+    "export.parity_images=40",
 ]
 PER_CLASS = 50
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,13 +24,13 @@ def exported(built_project):
     session = ort.InferenceSession(str(paths.onnx), providers=["CPUExecutionProvider"])
     model = build_classifier(params, LinearHead.load(paths.head))
     m = pd.read_parquet(paths.manifest)
-    test = m[m["split"] == "test"].head(8)
+    test = m[m["split"] == "test"].head(32)
     size, mode = params.backbone.input_size, params.backbone.resize
     images = np.stack([load_uint8(paths.root / p, size, mode) for p in test["path"]])
     return paths, params, session, model, images
 
 
-@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("batch", [1, 7, 32])
 def test_onnx_matches_torch_on_real_images(exported, batch):
     _, _, session, model, images = exported
     x = images[:batch]
@@ -55,7 +57,7 @@ def test_onnx_graph_contract_and_metadata(exported):
     assert json.loads(meta["headstart.input"])["layout"] == "NHWC"
     onnx.checker.check_model(onnx.load(str(paths.onnx)))
     report = json.loads((paths.metrics / "export.json").read_text())["parity"]
-    assert report["argmax_agree"] and report["max_abs_diff_probs"] <= 1e-4 and report["images"] == 16
+    assert report["argmax_agree"] and report["max_abs_diff_probs"] <= 1e-4 and report["images"] == 40
 
 
 def test_onnx_model_reproduces_the_head_on_cached_features(built_project, exported):
@@ -64,8 +66,130 @@ def test_onnx_model_reproduces_the_head_on_cached_features(built_project, export
     from tasks.feature_store import open_store
 
     m = pd.read_parquet(paths.manifest)
-    test = m[m["split"] == "test"].head(8)
+    test = m[m["split"] == "test"].head(32)
     head = LinearHead.load(paths.head)
     expected = head.probs(open_store(params, paths).get(test["sha256"].tolist()))
     probs = session.run(["probs"], {"images": images})[0]
     assert np.abs(probs - expected).max() <= 1e-4
+
+
+def test_metadata_round_trip(exported):
+    import datetime as dt
+    import hashlib
+
+    paths, params, session, _, _ = exported
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["headstart.opset"] == str(params.export.opset)
+    expected_hash = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    assert meta["headstart.params_sha256"] == expected_hash
+    assert json.loads(meta["headstart.backbone"])["backbone"] == params.backbone.name
+    assert meta["headstart.fingerprint"] == LinearHead.load(paths.head).fingerprint
+    assert dt.datetime.fromisoformat(meta["headstart.created_at"]).tzinfo is not None
+    head_info = json.loads((paths.models / "head.json").read_text())
+    assert json.loads(meta["headstart.metrics"])["val_accuracy"] == pytest.approx(head_info["val_accuracy"])
+    card = (paths.models / "MODEL_CARD.md").read_text()
+    metrics = json.loads((paths.metrics / "metrics.json").read_text())
+    assert f"accuracy {metrics['accuracy']:.3f}" in card and "## Intended use and limits" in card
+    assert metrics["artifact"].startswith("models/model.onnx via ONNX Runtime")
+
+
+def _triton_schema():
+    """Triton's ModelConfig protobuf, as generated in the tritonclient package (loaded without its gRPC deps)."""
+    import importlib.util
+    import os
+
+    tritonclient = pytest.importorskip("tritonclient")
+    path = os.path.join(os.path.dirname(tritonclient.__file__), "grpc", "model_config_pb2.py")
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_triton_repository_parses_against_tritons_schema_and_matches_the_graph(exported):
+    from google.protobuf import text_format
+
+    paths, params, session, _, _ = exported
+    schema = _triton_schema()
+    folder = paths.models / "triton" / params.export.triton_name
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), schema.ModelConfig())
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == params.export.triton_max_batch_size
+    assert config.HasField("dynamic_batching")
+    onnx_types = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32"}
+    graph_inputs = {i.name: i for i in session.get_inputs()}
+    for spec in config.input:
+        node = graph_inputs[spec.name]
+        assert list(spec.dims) == node.shape[1:]  # Triton dims exclude the batch axis
+        assert schema.DataType.Name(spec.data_type) == onnx_types[node.type]
+    graph_outputs = {o.name: o for o in session.get_outputs()}
+    assert {o.name for o in config.output} == set(graph_outputs)
+    for spec in config.output:
+        assert list(spec.dims) == [len(json.loads(session.get_modelmeta().custom_metadata_map["headstart.classes"]))]
+        assert schema.DataType.Name(spec.data_type) == onnx_types[graph_outputs[spec.name].type]
+    probs = next(o for o in config.output if o.name == "probs")
+    assert (folder / probs.label_filename).read_text() == paths.labels.read_text()
+    assert (folder / "1" / "model.onnx").read_bytes() == paths.onnx.read_bytes()
+
+
+def test_predict_on_a_folder_reports_a_corrupt_file_on_its_row(exported, tmp_path):
+    from tasks.predict import predict
+
+    paths, params, session, _, images = exported
+    m = pd.read_parquet(paths.manifest)
+    test = m[m["split"] == "test"].head(5)
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    for p in test["path"]:
+        (folder / "sub" / Path(p).name).write_bytes((paths.root / p).read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "preds.csv"
+    summary = predict([str(folder)], model=paths.onnx, top_k=2, out=str(out))
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert summary.images == 6 and summary.errors == 1 and len(rows) == 6
+    bad = rows[rows["path"].str.endswith("broken.png")].iloc[0]
+    assert bad["error"] and bad["label_1"] == ""
+    good = rows[rows["error"] == ""]
+    classes = paths.labels.read_text().split()
+    assert set(good["label_1"]) <= set(classes)
+    assert (good["prob_1"].astype(float) >= good["prob_2"].astype(float)).all()
+    # the same answer the server-side graph gives on the same files
+    for _, r in good.iterrows():
+        x = load_uint8(r["path"], params.backbone.input_size, params.backbone.resize)[None]
+        probs = session.run(["probs"], {"images": x})[0][0]
+        assert classes[int(probs.argmax())] == r["label_1"]
+        assert abs(float(probs.max()) - float(r["prob_1"])) < 1e-5
+    as_json = tmp_path / "preds.json"
+    predict([str(folder)], model=paths.onnx, top_k=1, out=str(as_json))
+    assert len(json.loads(as_json.read_text())) == 6
+
+
+def test_int8_variant_is_written_only_within_the_accuracy_tolerance(built_project, tmp_path):
+    import shutil
+
+    from tasks.export import run_export
+    from tasks.evaluate import run_evaluate
+    from tests.conftest import make_project, project_params
+
+    paths, _, _ = built_project
+    proj = make_project(tmp_path / "int8", None, ["export.int8=true", "export.int8_calibration_images=32"])
+    for sub in ("data/prepared", "data/features"):
+        shutil.copytree(paths.root / sub, proj.root / sub)
+    shutil.copytree(paths.raw, proj.raw, copy_function=os.link)
+    proj.models.mkdir(parents=True, exist_ok=True)
+    for f in ("head.npz", "head.json"):
+        shutil.copy(paths.models / f, proj.models / f)
+
+    run_export(project_params(proj, ["export.int8_max_accuracy_drop=1.0"]), proj)
+    report = json.loads((proj.models / "int8" / "report.json").read_text())
+    int8_model = proj.models / "int8" / "model.onnx"
+    assert report["accepted"] and int8_model.exists()
+    assert report["int8_mb"] < 0.4 * report["fp32_mb"]  # int8 weights: about a quarter of the bytes
+    assert abs(report["accuracy_drop"] - (report["fp32_accuracy"] - report["int8_accuracy"])) < 1e-12
+    metrics = run_evaluate(project_params(proj), proj)
+    assert "int8_accuracy" in json.loads((proj.metrics / "metrics.json").read_text())
+
+    run_export(project_params(proj, ["export.int8_max_accuracy_drop=0.0"]), proj)
+    strict = json.loads((proj.models / "int8" / "report.json").read_text())
+    assert strict["accepted"] == (strict["accuracy_drop"] <= 0.0)
+    assert int8_model.exists() == strict["accepted"]
+    assert metrics.n > 0

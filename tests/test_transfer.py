@@ -10,7 +10,7 @@ def test_pretrained_beats_random_init_by_20_points(tmp_path, built_project, clip
     _, _, results = built_project
     pretrained = results["evaluate"].accuracy
 
-    paths = make_project(tmp_path / "random", clipart_raw, ["backbone.weights=random"])
+    paths = make_project(tmp_path / "random", clipart_raw, ["backbone.weights=random", "evaluate.artifact=head"])
     params = project_params(paths)
     for stage in ("ingest", "features", "head"):
         STAGE_FUNCTIONS[stage](params, paths)
