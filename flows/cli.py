@@ -51,6 +51,22 @@ def cmd_stage(args) -> None:
     STAGE_FUNCTIONS[args.name](load_params(overrides=args.set))
 
 
+def cmd_retrain(args) -> None:
+    from flows.retrain import retrain_flow
+
+    record = retrain_flow(force=args.force)
+    print(f"\nheadstart retrain: {record['action']}; champion v{record.get('champion_version')}"
+          + (f" ({record['reason']})" if "reason" in record else ""))
+
+
+def cmd_schedule(args) -> None:
+    from flows.retrain import retrain_flow
+
+    print(f"serving the retrain flow on schedule '{args.cron}' (Ctrl-C to stop; runs are visible in the Prefect UI "
+          f"of the server at PREFECT_API_URL)", file=sys.stderr)
+    retrain_flow.serve(name=args.name, cron=args.cron)
+
+
 def cmd_predict(args) -> None:
     from tasks.predict import predict
 
@@ -88,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a param for this run only")
     stage.set_defaults(func=cmd_stage)
+
+    retrain = sub.add_parser("retrain", help="retrain on new data; promote only a challenger that is not worse")
+    retrain.add_argument("--force", action="store_true", help="retrain even when no file changed")
+    retrain.set_defaults(func=cmd_retrain)
+
+    schedule = sub.add_parser("schedule", help="serve the retrain flow as a Prefect deployment on a cron schedule")
+    schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (Mondays 03:00)')
+    schedule.add_argument("--name", default="headstart-retrain")
+    schedule.set_defaults(func=cmd_schedule)
 
     pred = sub.add_parser("predict", help="top-k predictions of the exported model for files, folders or a CSV")
     pred.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or CSVs with a path column")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,12 +92,37 @@ def _score(params: Params, paths: ProjectPaths, rows, head: LinearHead, artifact
     clf = OnnxClassifier(onnx_path)
     if clf.classes != head.classes:
         raise UserError(f"{onnx_path} predicts {clf.classes}, {paths.head} has {head.classes}; re-run export")
+    rel = onnx_path.relative_to(paths.root).as_posix()
+    return _onnx_probs(clf, paths, rows), f"{rel} via ONNX Runtime from image files"
+
+
+def _onnx_probs(clf: OnnxClassifier, paths: ProjectPaths, rows: pd.DataFrame) -> np.ndarray:
+    """Probabilities for the manifest rows, decoded from their files; a file unreadable now is a one-line error."""
     preds = list(clf.predict_paths([paths.root / p for p in rows["path"]], batch_size=32))
     bad = [p for p in preds if p.probs is None]
     if bad:
         raise UserError(f"{bad[0].path}: {bad[0].error} (it was usable at ingest; re-run ingest)")
-    rel = onnx_path.relative_to(paths.root).as_posix()
-    return np.stack([p.probs for p in preds]), f"{rel} via ONNX Runtime from image files"
+    return np.stack([p.probs for p in preds])
+
+
+def score_model(onnx_path: Path, params: Params, paths: ProjectPaths, split: str | None = None,
+                only: set[str] | None = None) -> dict:
+    """Headline metrics of an exported ONNX model on a split of the current manifest (optionally only the rows whose
+    sha256 is in `only`), through ONNX Runtime from the image files. Labels the model does not know count as errors
+    (a model that lacks a new class pays for it)."""
+    split = split or params.evaluate.split
+    manifest = read_manifest(paths)
+    rows = manifest[manifest["split"] == split]
+    if only is not None:
+        rows = rows[rows["sha256"].isin(only)]
+    rows = rows.reset_index(drop=True)
+    if not len(rows):
+        raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
+    clf = OnnxClassifier(onnx_path)
+    pred = np.array(clf.classes)[_onnx_probs(clf, paths, rows).argmax(1)]
+    labels = sorted(set(rows["label"]) | set(clf.classes))
+    metrics, _ = compute_metrics(rows["label"].to_numpy(), pred, labels)
+    return metrics | {"n": int(len(rows)), "split": split, "model": str(onnx_path)}
 
 
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:

@@ -120,6 +120,18 @@ def _list_csv(source: Path, root: Path) -> list[Candidate]:
     return out
 
 
+def list_sources(p: IngestParams, root: Path) -> tuple[list[Candidate], list[Candidate]]:
+    """(candidate image files, files rejected by name alone) under `ingest.source`, without reading them."""
+    source = Path(p.source)
+    if not source.is_absolute():
+        source = root / source
+    if not source.exists():
+        raise UserError(f"ingest.source: '{p.source}' does not exist (put images in <source>/<class>/ or give a CSV)")
+    if source.is_dir():
+        return _list_folder(source, p, root)
+    return _list_csv(source, root), []
+
+
 def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]]) -> Candidate:
     """Hash the bytes and (unless this exact content was validated before) fully decode the image."""
     try:

@@ -99,6 +99,13 @@ class ExportParams(_Section):
     int8_max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
 
 
+class RetrainParams(_Section):
+    metric: Literal["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"] = Field(
+        "f1_macro", description="challenger vs champion, on the same current test split")
+    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="promote unless the challenger is worse by more")
+    push: bool = Field(True, description="dvc push after a retrain that changed something")
+
+
 class Params(_Section):
     seed: int = 0
     ingest: IngestParams = Field(default_factory=IngestParams)
@@ -107,6 +114,7 @@ class Params(_Section):
     head: HeadParams = Field(default_factory=HeadParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     export: ExportParams = Field(default_factory=ExportParams)
+    retrain: RetrainParams = Field(default_factory=RetrainParams)
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -1,0 +1,124 @@
+"""The retraining flow: new data in, a better-or-equal model out, never a worse one.
+
+detect new/changed/removed files under `ingest.source` -> (nothing new and a champion exists: stop) -> ingest
+(existing files keep their split) -> features (new images only) -> head -> export -> evaluate -> score the challenger
+(models/model.onnx) and the champion (models/champion/model.onnx) on the same current test split -> promote the
+challenger unless it is worse by more than `retrain.tolerance` on `retrain.metric` (else keep it under
+models/rejected/ with the reason; the champion is untouched) -> `dvc commit` -> `dvc push` (with `retrain.push`).
+Every stage is the same function `dvc repro` runs; flows only compose.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows.dvc_sync import dvc_command, dvc_commit
+from flows.train import STAGE_TASKS, STAGES
+from tasks.atomic import atomic_write_text
+from tasks.champion import champion_model, champion_test_keys, champion_version, keep_rejected, promote
+from tasks.changes import detect_changes
+from tasks.evaluate import score_model
+from tasks.ingest import read_manifest
+from tasks.params import PARAMS_FILE, Params, load_params
+from tasks.paths import ProjectPaths, default_paths
+
+
+@task(name="detect-changes")
+def detect_task(params: Params, paths: ProjectPaths):
+    return detect_changes(params, paths)
+
+
+@task(name="compare")
+def compare_task(params: Params, paths: ProjectPaths) -> dict:
+    """Challenger and champion metrics on the same current test split, and on the champion's trusted hold-out (the
+    test images it was judged on, still in the test split): new data can poison the current test split
+    (mislabelled new test images hurt both models alike), never the trusted one."""
+    out = {"challenger": score_model(paths.onnx, params, paths, "test"), "champion": None}
+    champion = champion_model(paths)
+    if champion:
+        out["champion"] = score_model(champion, params, paths, "test")
+        trusted = champion_test_keys(paths)
+        if trusted:
+            out["challenger_trusted"] = score_model(paths.onnx, params, paths, "test", only=trusted)
+            out["champion_trusted"] = score_model(champion, params, paths, "test", only=trusted)
+    return out
+
+
+@task(name="dvc-push", retries=2, retry_delay_seconds=[5, 30])
+def push_task(paths: ProjectPaths) -> None:
+    """Push DVC-tracked data to the default remote (retried: remotes fail transiently)."""
+    dvc_command(paths.root, "push", "--quiet")
+
+
+def manifest_test_keys(paths: ProjectPaths) -> list[str]:
+    """sha256 of the current test split (stored with a promoted model as its trusted hold-out)."""
+    m = read_manifest(paths)
+    return m.loc[m["split"] == "test", "sha256"].tolist()
+
+
+def decide(params: Params, scores: dict) -> tuple[bool, str]:
+    """(promote?, why): the challenger must not be worse by more than the tolerance on the current test split nor on
+    the champion's trusted hold-out."""
+    metric, tol = params.retrain.metric, params.retrain.tolerance
+    if scores["champion"] is None:
+        return True, f"no champion yet; challenger {metric} {scores['challenger'][metric]:.4f}"
+    verdicts = []
+    for view, ch, cp in (("current test split", "challenger", "champion"),
+                         ("champion's hold-out", "challenger_trusted", "champion_trusted")):
+        if ch not in scores:
+            continue
+        a, b = scores[ch][metric], scores[cp][metric]
+        ok = a >= b - tol
+        verdicts.append((ok, f"{view}: challenger {metric} {a:.4f} {'>=' if ok else '<'} champion {b:.4f} - {tol}"))
+    return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
+
+
+@flow(name="headstart-retrain", log_prints=True)
+def retrain_flow(root: str | None = None, force: bool = False) -> dict:
+    """Retrain on new data and promote only a challenger that is not worse; returns what happened."""
+    logger = get_run_logger()
+    paths = ProjectPaths(Path(root).resolve()) if root else default_paths()
+    params = load_params(paths.root / PARAMS_FILE)
+    t0 = time.perf_counter()
+    changes = detect_task(params, paths)
+    if not changes.any and champion_model(paths) is not None and not force:
+        logger.info("retrain: nothing new under %s; champion v%s stays", params.ingest.source,
+                    champion_version(paths))
+        return {"action": "nothing-new", "champion_version": champion_version(paths)}
+    logger.info("retrain: %s", changes.describe())
+    results = {name: STAGE_TASKS[name](params, paths) for name in STAGES}
+    scores = compare_task(params, paths)
+    promote_it, why = decide(params, scores)
+    record = {"decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": why,
+              "metric": params.retrain.metric, "tolerance": params.retrain.tolerance,
+              "changes": {"new": len(changes.new), "changed": len(changes.changed), "removed": len(changes.removed)},
+              "extracted": results["features"]["extracted"], "scores": scores}
+    if promote_it:
+        test_keys = manifest_test_keys(paths)
+        version = promote(paths, scores["challenger"], record, params.backbone.input_size, params.export.triton_name,
+                          params.export.triton_max_batch_size, test_keys)
+        action = "promoted"
+        logger.info("retrain: promoted v%04d (%s)", version, why)
+    else:
+        kept = keep_rejected(paths, scores["challenger"], record)
+        action = "rejected"
+        logger.warning("retrain: challenger rejected, champion v%s stays (%s); kept in %s",
+                       champion_version(paths), why, kept.relative_to(paths.root))
+    record |= {"action": action, "champion_version": champion_version(paths),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_text(paths.metrics / "retrain.json", json.dumps(record, indent=2))
+    dvc_commit(paths.root)
+    if params.retrain.push and (paths.root / ".dvc").is_dir():
+        push_task(paths)
+    return record
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    main(["retrain"])
