@@ -60,11 +60,20 @@ def cmd_retrain(args) -> None:
 
 
 def cmd_schedule(args) -> None:
-    from flows.retrain import retrain_flow
+    import datetime as dt
 
-    print(f"serving the retrain flow on schedule '{args.cron}' (Ctrl-C to stop; runs are visible in the Prefect UI "
-          f"of the server at PREFECT_API_URL)", file=sys.stderr)
-    retrain_flow.serve(name=args.name, cron=args.cron)
+    from flows.server import local_server
+
+    if not args.cron and not args.interval:
+        raise UserError("schedule: give --cron \"0 3 * * 1\" or --interval SECONDS")
+    with local_server(args.port) as api:
+        from flows.retrain import retrain_flow
+
+        when = f"cron '{args.cron}'" if args.cron else f"every {args.interval}s"
+        print(f"serving the retrain flow ({when}) against {api}; Ctrl-C to stop", file=sys.stderr)
+        schedule = {"cron": args.cron} if args.cron else {"interval": dt.timedelta(seconds=args.interval)}
+        # limit=1: two retrains at once would only fight over the feature-store lock
+        retrain_flow.serve(name=args.name, parameters={"root": str(default_paths().root)}, limit=1, **schedule)
 
 
 def cmd_predict(args) -> None:
@@ -110,8 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.set_defaults(func=cmd_retrain)
 
     schedule = sub.add_parser("schedule", help="serve the retrain flow as a Prefect deployment on a cron schedule")
-    schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (Mondays 03:00)')
+    schedule.add_argument("--cron", help='e.g. "0 3 * * 1" (Mondays 03:00)')
+    schedule.add_argument("--interval", type=int, help="or: every N seconds")
     schedule.add_argument("--name", default="headstart-retrain")
+    schedule.add_argument("--port", type=int, default=4200,
+                          help="port of the local Prefect server started when PREFECT_API_URL is not set")
     schedule.set_defaults(func=cmd_schedule)
 
     pred = sub.add_parser("predict", help="top-k predictions of the exported model for files, folders or a CSV")
