@@ -71,8 +71,15 @@ def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, 
     p = params.features
     size, mode = params.backbone.input_size, params.backbone.resize
 
+    def load(path: str) -> np.ndarray:
+        try:
+            return load_uint8(path, size, mode)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: listed in the manifest but cannot be read now ({str(exc).splitlines()[0][:80]}); "
+                            f"re-run ingest") from None
+
     def decode(batch):
-        return np.stack([load_uint8(path, size, mode) for _, path in batch])
+        return np.stack([load(path) for _, path in batch])
 
     pending_keys: list[str] = []
     pending_feats: list[np.ndarray] = []
@@ -129,7 +136,7 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
         lock.release()
     seconds = time.perf_counter() - t0
     n_unique = len(set(keys))
-    rejected = sum(1 for _ in open(paths.rejected)) - 1 if paths.rejected.exists() else 0
+    rejected = len(pd.read_csv(paths.rejected)) if paths.rejected.exists() else 0
     summary = FeaturesSummary(store.fingerprint, str(store.dir), engine_name, n_unique, n_unique - len(todo),
                               len(todo), rejected, seconds, len(todo) / seconds if todo else 0.0)
     log(f"features: {summary.images} images, {summary.cache_hits} cache hits, {summary.extracted} extracted, "

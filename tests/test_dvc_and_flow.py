@@ -57,3 +57,15 @@ def test_prefect_flow_matches_direct_stage_calls_and_leaves_dvc_clean(tmp_path, 
     assert dvc_status_clean(paths.root)  # dvc.lock records what the flow built: `dvc repro` has nothing to do
     again = run([sys.executable, "-m", "dvc", "repro"], paths.root)
     assert "Running stage" not in again.stdout
+
+
+def test_switching_backbone_settings_and_back_reuses_the_cached_features(dvc_project):
+    """Features are cached per fingerprint: going back to a setting extracts nothing."""
+    root = dvc_project.root
+    other = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "backbone.input_size=64"], root)
+    assert "Running stage 'features'" in other.stdout
+    back = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "backbone.input_size=96"], root)
+    out = back.stdout + back.stderr
+    assert "Running stage 'features'" not in out or ", 0 extracted" in out, out[-2000:]
+    fingerprints = {p.name.split("-")[-2] for p in dvc_project.features.iterdir() if p.is_dir()}
+    assert {"64", "96"} <= fingerprints

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,12 +42,14 @@ def test_interval_schedule_triggers_a_retrain_run(tmp_path, clipart_raw):
                         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     env.pop("PREFECT_API_KEY", None)
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     served = None
     try:
         wait_healthy(api, timeout=120)
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "schedule", "--interval", "20"],
-                                  cwd=paths.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  cwd=paths.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
         deadline = time.time() + 240
         states: list[str] = []
         while time.time() < deadline and "COMPLETED" not in states:
@@ -54,10 +59,11 @@ def test_interval_schedule_triggers_a_retrain_run(tmp_path, clipart_raw):
         assert "COMPLETED" in states, states
         assert (paths.models / "champion" / "model.onnx").exists()  # the scheduled run retrained and promoted
     finally:
-        for proc in (served, server):
+        for proc in (served, server):  # whole process groups: flow-run and server workers go too
             if proc is not None:
-                proc.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)

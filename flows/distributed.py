@@ -1,0 +1,313 @@
+"""Feature extraction sharded over a Dask cluster (prefect-dask's `DaskTaskRunner`): the features stage, scaled out.
+
+`extract_features_distributed` leaves the feature store exactly as `tasks.features.run_features` would (same keys,
+same rows; only the split into shard files may differ), but runs the extraction as one Prefect task per contiguous
+chunk of the missing images, each on a Dask worker. Design, and why:
+
+- **The coordinator (this flow) owns the store.** It takes the store's writer lock (`tasks.feature_store.acquire`)
+  for its whole run and is the only process that ever appends to the store. `FeatureStore.append` picks the next
+  shard id from the files on disk, so two workers appending at once could pick the same id and overwrite each other;
+  workers never take the lock (the coordinator holds it) and never write to the store.
+- **Per-worker part stores.** Worker i writes its rows into a private sub-store `<store>/.part-<i>/` (an ordinary
+  `FeatureStore`, so its shards are atomic too). When every worker is done, the coordinator — still holding the lock
+  — reads the parts in chunk order and appends their rows to the main store as new shards (re-cut to
+  `features.shard_size` rows, so a sharded run writes as few files as a single-process one), then deletes the parts.
+  Parts left behind by an interrupted run hold only whole shards; the next run merges them first (they are keyed by
+  sha256 under the same fingerprint, so they are valid) and extracts only what is still missing.
+- **Chunks are contiguous and cut on `features.batch_size` boundaries**, so every image lands in the same batch as in
+  a single-process run (the feature of an image does not depend on its batch-mates, but this removes the question).
+  Fewer chunks than `shards` are run when there are fewer batches than shards; nothing at all when nothing is missing.
+- **One core per task.** Each worker runs with `features.threads = 1` (and the LocalCluster with
+  `threads_per_worker=1`), so N workers on N cores do not oversubscribe them: torch with 2 threads was once 2.8x
+  slower than with 1 on this machine (DESIGN.md §5). On an external cluster, ask for as many shards as it has worker
+  threads.
+- **The ONNX backbone is exported once**, by the coordinator, into `<store>/backbone.onnx` before fanning out; the
+  workers only load the cached graph (no torch import, no racing exports).
+- **Loopback by default.** Without `address` (or `$HEADSTART_DASK_ADDRESS`) the flow starts a temporary
+  `LocalCluster` of `shards` worker processes bound to 127.0.0.1 on free ports, with no dashboard, and shuts it down
+  at the end. With an address, the workers must see the project (images and `data/features/`) at the same absolute
+  paths, e.g. on a shared filesystem, and be able to import `tasks` and `flows` (this package installed).
+- **One Prefect API for all.** When the run has no `PREFECT_API_URL` (Prefect's temporary local server, as in
+  `headstart run`), the workers are given this run's server URL; otherwise each worker process would start a
+  temporary server of its own (~15 s each, measured) and record its task run there. That server is on 127.0.0.1, so a
+  scheduler elsewhere needs `PREFECT_API_URL` set to a server its workers can reach (a one-line error says so).
+- The fan-out calls `DaskTaskRunner.submit` inside the flow rather than setting the flow's `task_runner`, because the
+  cluster address is a flow parameter; the task runs are still recorded under this flow run. Chunk lists go to the
+  workers through Dask only (never to the Prefect API as flow parameters: they can be 100k paths long).
+
+`python -m flows.distributed --shards 2 [--address tcp://host:8786]` runs it on the current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.engines import resolve_engine
+from tasks.errors import UserError, exit_on_user_error
+from tasks.feature_store import FeatureStore, acquire, open_store
+from tasks.features import extract_to_store, make_engine
+from tasks.ingest import read_manifest
+from tasks.params import PARAMS_FILE, Params, load_params
+from tasks.paths import ProjectPaths, default_paths
+from tasks.progress import log
+
+ADDRESS_ENV = "HEADSTART_DASK_ADDRESS"
+PART_PREFIX = ".part-"
+_PART = re.compile(r"^\.part-(\d+)$")
+_SHARD = re.compile(r"^shard-(\d{6})\.npy$")
+
+
+def split_chunks(todo: list, shards: int, batch_size: int) -> list[list]:
+    """At most `shards` contiguous, non-empty chunks of `todo`, as even as possible in whole batches."""
+    if not todo:
+        return []
+    n_batches = -(-len(todo) // batch_size)
+    k = max(1, min(shards, n_batches))
+    bounds = [i * n_batches // k * batch_size for i in range(k)] + [len(todo)]
+    return [todo[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def part_dirs(store: FeatureStore) -> list[Path]:
+    """The per-worker part stores under `store`, in chunk order."""
+    found = [(int(m.group(1)), p) for p in store.dir.iterdir() if p.is_dir() and (m := _PART.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _part_shards(part: Path):
+    """(keys, rows) of each committed shard of a part store (an .npy without its keys file is ignored)."""
+    for npy in sorted(part.glob("shard-*.npy")):
+        keys_file = npy.with_suffix(".keys.json")
+        if _SHARD.match(npy.name) and keys_file.exists():
+            yield json.loads(keys_file.read_text()), np.load(npy, mmap_mode="r")
+
+
+def merge_parts(store: FeatureStore, shard_size: int) -> tuple[int, int]:
+    """Move the rows of every part store into `store` (caller holds the writer lock); return (rows, shard files).
+
+    Rows already in the store (from an earlier, interrupted merge) are skipped; new rows are appended in part order,
+    `shard_size` rows per shard. The parts are deleted afterwards.
+    """
+    parts = part_dirs(store)
+    rows = files = 0
+    pending_keys: list[str] = []
+    pending: list[np.ndarray] = []
+    seen: set[str] = set()
+
+    def flush(limit: int) -> None:
+        nonlocal pending_keys, pending, rows, files
+        while len(pending_keys) >= limit and pending_keys:
+            feats = np.concatenate(pending) if len(pending) > 1 else np.asarray(pending[0])
+            n = min(len(pending_keys), shard_size)
+            store.append(pending_keys[:n], feats[:n])
+            rows, files = rows + n, files + 1
+            pending_keys, pending = pending_keys[n:], ([feats[n:]] if n < len(feats) else [])
+
+    for part in parts:
+        for keys, feats in _part_shards(part):
+            keep = [i for i, k in enumerate(keys) if k not in store and k not in seen]
+            if not keep:
+                continue
+            seen.update(keys[i] for i in keep)
+            pending_keys += [keys[i] for i in keep]
+            pending.append(np.asarray(feats[keep] if len(keep) < len(keys) else feats))
+            flush(shard_size)
+    flush(1)
+    for part in parts:
+        shutil.rmtree(part)
+    return rows, files
+
+
+@task(name="extract-shard", retries=0, cache_policy=NO_CACHE)
+def extract_shard(params: Params, features_root: str, fingerprint: str, index: int,
+                  todo: list[tuple[str, str]]) -> dict:
+    """On a worker: extract `todo` [(sha256, absolute path)] into the part store `<store>/.part-<index>/`.
+
+    Never takes the store lock and never writes the main store (the coordinator holds the lock and merges parts).
+    """
+    t0 = time.perf_counter()
+    store = FeatureStore(Path(features_root), fingerprint)  # read-only here: only its cached backbone.onnx is used
+    part_dir = store.dir / f"{PART_PREFIX}{index}"
+    shutil.rmtree(part_dir, ignore_errors=True)  # a Dask retry of this chunk starts clean
+    part = FeatureStore(store.dir, part_dir.name)
+    engine = make_engine(params, store)
+    extract_to_store(params, part, todo, engine)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):
+        worker = "local"
+    return {"index": index, "images": len(todo), "engine": engine.name, "worker": worker, "pid": os.getpid(),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def task_runner(shards: int, address: str | None = None):
+    """A DaskTaskRunner: on `address` (else $HEADSTART_DASK_ADDRESS), else a temporary loopback LocalCluster of
+    `shards` single-threaded worker processes with no dashboard."""
+    from prefect_dask import DaskTaskRunner
+
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        return DaskTaskRunner(address=address)
+    # dashboard_address=None only drops the dashboard pages: the scheduler's HTTP server (health, metrics) would
+    # still bind the fixed port 8787, so it gets a free loopback port like everything else.
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+        "n_workers": shards, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+        "scheduler_port": 0, "dashboard_address": None, "worker_dashboard_address": None,
+        "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
+    })
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _api_url_for_workers(address: str | None) -> str | None:
+    """The Prefect API URL the workers must use, when this process runs on an ephemeral API (no PREFECT_API_URL).
+
+    Without it every Dask worker would start a temporary Prefect server of its own (~15 s each, all on one SQLite
+    file) and record its task run there. The ephemeral server listens on 127.0.0.1, so only workers on this machine
+    can reach it: an external cluster elsewhere needs a real server.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None  # already set: the serialized settings carry it to the workers
+    ctx = FlowRunContext.get()
+    url = str(ctx.client.api_url).rstrip("/") if ctx and ctx.client else None
+    if address and url:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
+        if host not in _LOOPBACK:
+            raise UserError(f"Dask scheduler {address} is not on this machine, but Prefect runs on a temporary local "
+                            f"API its workers cannot reach: set PREFECT_API_URL to a Prefect server they can reach "
+                            f"(e.g. `prefect server start --host 0.0.0.0` here)")
+    return url
+
+
+@contextlib.contextmanager
+def _dask_context(address: str | None):
+    """Point the workers at this run's Prefect API and keep Dask's INFO chatter (ports, nannies, retiring workers)
+    out of the run's log: WARNING and above still show, here and in the LocalCluster's worker processes."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = _api_url_for_workers(address)
+    dask_logger = logging.getLogger("distributed")
+    old_level = dask_logger.level
+    env_key = "DASK_LOGGING__DISTRIBUTED"  # read by distributed when a spawned worker process imports it
+    set_env = env_key not in os.environ
+    try:
+        if set_env:
+            os.environ[env_key] = "warning"
+        if dask_logger.getEffectiveLevel() < logging.WARNING:
+            dask_logger.setLevel(logging.WARNING)
+        with temporary_settings(updates={PREFECT_API_URL: url}) if url else contextlib.nullcontext():
+            yield
+    finally:
+        dask_logger.setLevel(old_level)
+        if set_env:
+            os.environ.pop(env_key, None)
+
+
+def _ensure_onnx_backbone(params: Params, store: FeatureStore) -> None:
+    """Export the backbone graph into the store once, here, unless every worker will run torch."""
+    if params.features.engine == "torch" or (store.dir / "backbone.onnx").exists():
+        return
+    ort_params = params.model_copy(update={"features": params.features.model_copy(update={"engine": "onnxruntime"})})
+    make_engine(ort_params, store)  # exports <store>/backbone.onnx; the session it opens is dropped
+
+
+@flow(name="headstart-features-distributed", log_prints=True)
+def extract_features_distributed(root: str | None = None, shards: int = 2, address: str | None = None) -> dict:
+    """Ensure every manifest image of the project at `root` (default: the working directory) has a feature row,
+    extracting the missing ones in `shards` parallel tasks on a Dask cluster. Returns a summary."""
+    if shards < 1:
+        raise UserError(f"shards must be >= 1 (got {shards})")
+    t0 = time.perf_counter()
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    paths = ProjectPaths(Path(root).resolve()) if root else default_paths()
+    params = load_params(paths.root / PARAMS_FILE)
+    manifest = read_manifest(paths)
+    store = open_store(params, paths)
+    lock = acquire(store)
+    results: list[dict] = []
+    cluster = None
+    try:
+        store.clean_orphans()
+        salvaged, _ = merge_parts(store, params.features.shard_size)  # leftovers of an interrupted run
+        keys = manifest["sha256"].tolist()
+        missing = set(store.missing(keys))
+        first_path = dict(zip(manifest["sha256"], manifest["path"]))
+        todo = [(k, str(paths.root / first_path[k])) for k in dict.fromkeys(keys) if k in missing]
+        chunks = split_chunks(todo, shards, params.features.batch_size)
+        files = 0
+        if chunks:
+            _ensure_onnx_backbone(params, store)
+            worker_params = params.model_copy(update={"features": params.features.model_copy(update={"threads": 1})})
+            try:
+                with _dask_context(address), task_runner(len(chunks), address) as runner:
+                    futures = [runner.submit(extract_shard, parameters={
+                        "params": worker_params, "features_root": str(paths.features),
+                        "fingerprint": store.fingerprint, "index": i, "todo": chunk}) for i, chunk in enumerate(chunks)]
+                    for f in futures:  # let every worker finish (and its part become whole) before merging
+                        f.wait()
+                    cluster = runner.client.scheduler.address
+                    results = [f.result() for f in futures]  # raises the first worker failure
+            finally:
+                _, files = merge_parts(store, params.features.shard_size)  # whatever finished is kept
+            still = store.missing([k for k, _ in todo])
+            if still:  # every task succeeded, yet rows are missing: the workers wrote somewhere else
+                raise UserError(f"{len(still)} image(s) extracted on the Dask workers never reached {store.dir}: do "
+                                f"the workers see the project at the same path (a shared filesystem)?")
+    finally:
+        lock.release()
+    seconds = time.perf_counter() - t0
+    n_unique = len(set(keys))
+    engine = results[0]["engine"] if results else resolve_engine(params.features.engine)
+    summary = {
+        "fingerprint": store.fingerprint, "store": str(store.dir), "engine": engine, "images": n_unique,
+        "cache_hits": n_unique - len(todo), "extracted": len(todo), "salvaged": salvaged, "shards": len(chunks),
+        "shard_files": files, "workers": sorted({r["worker"] for r in results}), "cluster": cluster,
+        "tasks": results, "seconds": round(seconds, 3),
+        "images_per_s": round(len(todo) / seconds, 1) if todo else 0.0,
+    }
+    log(f"features (distributed): {n_unique} images, {summary['cache_hits']} cache hits, {len(todo)} extracted "
+        f"in {len(chunks)} shard(s) on {len(summary['workers'])} worker(s) [{engine}] in {seconds:.1f}s "
+        f"({summary['images_per_s']:.1f} img/s) -> {store.fingerprint}")
+    return summary
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m flows.distributed",
+                                 description="Extract missing features on a Dask cluster (one task per shard).")
+    ap.add_argument("--shards", type=int, default=2, help="parallel extraction tasks (default 2)")
+    ap.add_argument("--address", default=None,
+                    help=f"Dask scheduler address (default ${ADDRESS_ENV}, else a temporary loopback LocalCluster)")
+    ap.add_argument("--root", default=None, help="project directory (default: the working directory)")
+    args = ap.parse_args(argv)
+    if args.shards < 1:
+        raise UserError(f"--shards must be >= 1 (got {args.shards})")
+    root = Path(args.root).resolve() if args.root else default_paths().root
+    load_params(root / PARAMS_FILE)  # fail fast, before Prefect starts, on a bad params file
+    return extract_features_distributed(root=args.root, shards=args.shards, address=args.address)
+
+
+if __name__ == "__main__":
+    # Run the flow from its importable module, not from __main__, so Dask workers unpickle the task by reference.
+    from flows.distributed import main as _main
+
+    _main()
