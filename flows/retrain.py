@@ -22,7 +22,7 @@ from flows.train import STAGE_TASKS, STAGES
 from tasks.atomic import atomic_write_text
 from tasks.champion import champion_model, champion_test_keys, champion_version, keep_rejected, promote
 from tasks.changes import detect_changes
-from tasks.evaluate import score_model
+from tasks.evaluate import score_models
 from tasks.ingest import read_manifest
 from tasks.params import PARAMS_FILE, Params, load_params
 from tasks.paths import ProjectPaths, default_paths
@@ -38,14 +38,14 @@ def compare_task(params: Params, paths: ProjectPaths) -> dict:
     """Challenger and champion metrics on the same current test split, and on the champion's trusted hold-out (the
     test images it was judged on, still in the test split): new data can poison the current test split
     (mislabelled new test images hurt both models alike), never the trusted one."""
-    out = {"challenger": score_model(paths.onnx, params, paths, "test"), "champion": None}
     champion = champion_model(paths)
-    if champion:
-        out["champion"] = score_model(champion, params, paths, "test")
-        trusted = champion_test_keys(paths)
-        if trusted:
-            out["challenger_trusted"] = score_model(paths.onnx, params, paths, "test", only=trusted)
-            out["champion_trusted"] = score_model(champion, params, paths, "test", only=trusted)
+    models = {"challenger": paths.onnx} | ({"champion": champion} if champion else {})
+    trusted = champion_test_keys(paths) if champion else None
+    scores = score_models(models, params, paths, "test", {"trusted": trusted} if trusted else None)
+    out = {"challenger": scores["challenger"]["all"], "champion": scores["champion"]["all"] if champion else None}
+    if champion and "trusted" in scores["champion"]:
+        out["challenger_trusted"] = scores["challenger"]["trusted"]
+        out["champion_trusted"] = scores["champion"]["trusted"]
     return out
 
 

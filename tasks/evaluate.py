@@ -22,6 +22,7 @@ from tasks.feature_store import open_store
 from tasks.head import LinearHead
 from tasks.ingest import read_manifest
 from tasks.model_card import write_model_card
+from tasks.images import load_uint8
 from tasks.onnx_model import OnnxClassifier
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
@@ -105,24 +106,35 @@ def _onnx_probs(clf: OnnxClassifier, paths: ProjectPaths, rows: pd.DataFrame) ->
     return np.stack([p.probs for p in preds])
 
 
-def score_model(onnx_path: Path, params: Params, paths: ProjectPaths, split: str | None = None,
-                only: set[str] | None = None) -> dict:
-    """Headline metrics of an exported ONNX model on a split of the current manifest (optionally only the rows whose
-    sha256 is in `only`), through ONNX Runtime from the image files. Labels the model does not know count as errors
-    (a model that lacks a new class pays for it)."""
+def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, split: str | None = None,
+                 subsets: dict[str, set[str]] | None = None) -> dict[str, dict[str, dict]]:
+    """Headline metrics of exported ONNX models on a split of the current manifest, through ONNX Runtime from the
+    image files, which are decoded once for all models. `subsets` name extra views (rows whose sha256 is in the set);
+    the view "all" is the whole split. Labels a model does not know count as errors (a model that lacks a new class
+    pays for it). Returns {model name: {view: metrics}}."""
     split = split or params.evaluate.split
     manifest = read_manifest(paths)
-    rows = manifest[manifest["split"] == split]
-    if only is not None:
-        rows = rows[rows["sha256"].isin(only)]
-    rows = rows.reset_index(drop=True)
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
     if not len(rows):
         raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
-    clf = OnnxClassifier(onnx_path)
-    pred = np.array(clf.classes)[_onnx_probs(clf, paths, rows).argmax(1)]
-    labels = sorted(set(rows["label"]) | set(clf.classes))
-    metrics, _ = compute_metrics(rows["label"].to_numpy(), pred, labels)
-    return metrics | {"n": int(len(rows)), "split": split, "model": str(onnx_path)}
+    views = {"all": np.ones(len(rows), dtype=bool)}
+    views |= {name: rows["sha256"].isin(keys).to_numpy() for name, keys in (subsets or {}).items()}
+    classifiers = {name: OnnxClassifier(path) for name, path in models.items()}
+    sizes = {(c.input_size, c.resize) for c in classifiers.values()}
+    arrays = {key: np.stack([load_uint8(paths.root / p, key[0], key[1]) for p in rows["path"]]) for key in sizes}
+    y = rows["label"].to_numpy()
+    out: dict[str, dict[str, dict]] = {}
+    for name, clf in classifiers.items():
+        x = arrays[(clf.input_size, clf.resize)]
+        probs = np.concatenate([clf.probs(x[i : i + 32]) for i in range(0, len(x), 32)])
+        pred = np.array(clf.classes)[probs.argmax(1)]
+        labels = sorted(set(y) | set(clf.classes))
+        out[name] = {}
+        for view, mask in views.items():
+            if mask.any():
+                m, _ = compute_metrics(y[mask], pred[mask], labels)
+                out[name][view] = m | {"n": int(mask.sum()), "split": split, "model": str(models[name])}
+    return out
 
 
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
