@@ -12,7 +12,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.svm import LinearSVC
 from sklearn.preprocessing import StandardScaler
 
 from tasks.atomic import atomic_path, atomic_write_text
@@ -76,17 +79,55 @@ def split_features(params: Params, paths: ProjectPaths, split: str):
     return store.get(rows["sha256"].tolist()), rows["label"].to_numpy(), rows, store.fingerprint
 
 
+def _class_weight(h, classes: set[str]):
+    if h.class_weight == "none":
+        return None
+    if h.class_weight == "balanced":
+        return "balanced"
+    unknown = sorted(set(h.class_weight) - classes)
+    if unknown:
+        raise UserError(f"head.class_weight: '{unknown[0]}' is not a class of the train split ({', '.join(sorted(classes))})")
+    return {c: float(h.class_weight.get(c, 1.0)) for c in classes}
+
+
+def _estimator(params: Params, c: float, y: np.ndarray):
+    h = params.head
+    weight = _class_weight(h, set(y))
+    if h.type == "linear_svm":
+        return LinearSVC(C=c, max_iter=h.max_iter * 5, class_weight=weight, random_state=params.seed)
+    return LogisticRegression(C=c, max_iter=h.max_iter, class_weight=weight, random_state=params.seed)
+
+
+def choose_c(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[float, dict[str, float]]:
+    """C with the best mean macro F1 over stratified folds of the train split (ties: the smaller C)."""
+    h = params.head
+    folds = min(h.cv_folds, int(pd.Series(y).value_counts().min()))
+    if folds < 2:
+        raise UserError("head.C=auto needs at least 2 train images per class; set head.C to a number")
+    cv = StratifiedKFold(folds, shuffle=True, random_state=params.seed)
+    scores = {c: float(cross_val_score(_estimator(params, c, y), x, y, cv=cv, scoring="f1_macro").mean())
+              for c in sorted(h.C_grid)}
+    best = max(scores.items(), key=lambda kv: (round(kv[1], 6), -kv[0]))[0]
+    return best, scores
+
+
 def fit_logreg(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Fit logistic regression; return (weight, bias, classes) of the equivalent linear layer on raw features."""
+    """Fit the configured linear head (logistic regression or linear SVM, C fixed or by CV); return (weight, bias,
+    classes) of the equivalent linear layer on raw features (standardisation folded in)."""
     h = params.head
     if h.standardize:
         scaler = StandardScaler().fit(x)
         mu, sigma = scaler.mean_, scaler.scale_
     else:
         mu, sigma = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    clf = LogisticRegression(C=h.C, max_iter=h.max_iter, class_weight=None if h.class_weight == "none" else "balanced",
-                             random_state=params.seed)
-    clf.fit((x - mu) / sigma, y)
+    z = (x - mu) / sigma
+    c = h.C
+    if c == "auto":
+        c, scores = choose_c(z, y, params)
+        log(f"head: C by {min(h.cv_folds, int(pd.Series(y).value_counts().min()))}-fold CV (macro F1): "
+            + ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()) + f" -> C={c:g}")
+    clf = _estimator(params, c, y)
+    clf.fit(z, y)
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; make it a 2-logit layer with the same softmax
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
@@ -112,7 +153,7 @@ def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
     atomic_write_text(paths.models / "head.json", json.dumps(asdict(summary) | {"params": params.head.model_dump(),
                                                                                 "fingerprint": fp}, indent=2))
     val = f"{val_acc:.3f}" if val_acc is not None else "n/a"
-    log(f"head: logistic regression (C={params.head.C}) on {len(y)} train images, {len(classes)} classes: "
+    log(f"head: {params.head.type} (C={params.head.C}) on {len(y)} train images, {len(classes)} classes: "
         f"train acc {train_acc:.3f}, val acc {val} in {summary.seconds:.1f}s -> {paths.head.relative_to(paths.root)}")
     return summary
 

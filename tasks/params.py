@@ -74,11 +74,23 @@ class FeaturesParams(_Section):
 
 
 class HeadParams(_Section):
-    type: Literal["logreg"] = "logreg"
-    C: float = Field(0.1, gt=0.0, description="inverse regularisation strength")
-    class_weight: Literal["none", "balanced"] = "none"
+    type: Literal["logreg", "linear_svm"] = Field(
+        "logreg", description="logreg: calibrated probabilities; linear_svm: probs are a softmax of SVM margins")
+    C: float | Literal["auto"] = Field(
+        0.1, description="inverse regularisation strength, or auto: chosen by stratified CV on train over C_grid")
+    C_grid: list[float] = Field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    cv_folds: int = Field(5, ge=2, le=20)
+    class_weight: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none", description="none, balanced, or an explicit {class: weight} map (missing classes weigh 1)")
     standardize: bool = Field(True, description="scale features to zero mean / unit variance (folded into the layer)")
     max_iter: int = Field(2000, ge=10)
+
+    @field_validator("C")
+    @classmethod
+    def _positive_c(cls, v):
+        if v != "auto" and v <= 0:
+            raise ValueError("must be > 0 or auto")
+        return v
 
 
 class EvaluateParams(_Section):
@@ -141,9 +153,13 @@ def _nearest(key: str, candidates: list[str]) -> str | None:
     return match[0] if match else None
 
 
+_UNION_BRANCHES = {"float", "int", "str", "bool", "list", "dict", "none"}
+
+
 def _one_line(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    # union members add their type to the location (head.C.float): keep only the user's key path
+    key = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and (p in _UNION_BRANCHES or "[" in p)))
     if err["type"] == "extra_forbidden":
         hint = _nearest(key, _valid_keys(Params))
         more = f" (did you mean '{hint}'?)" if hint else ""

@@ -31,7 +31,8 @@ def test_shipped_params_file_is_valid_and_complete():
         ("head:\n  c: 1.0\n", "unknown key 'head.c' (did you mean 'head.C'?)"),
         ("bakbone:\n  name: x\n", "unknown key 'bakbone' (did you mean 'backbone'?)"),
         ("ingest:\n  val_fracton: 0.1\n", "unknown key 'ingest.val_fracton' (did you mean 'ingest.val_fraction'?)"),
-        ("head:\n  C: -1\n", "head.C: Input should be greater than 0"),
+        ("head:\n  C: -1\n", "head.C: must be > 0 or auto"),
+        ("head:\n  C: fast\n", "head.C: Input should be a valid number"),
         ("backbone:\n  weights: s3://x\n", "backbone.weights: unknown weights source"),
     ],
 )
