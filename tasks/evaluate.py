@@ -22,7 +22,7 @@ from tasks.feature_store import open_store
 from tasks.head import LinearHead
 from tasks.ingest import read_manifest
 from tasks.model_card import write_model_card
-from tasks.images import load_uint8
+from tasks.images import load_many
 from tasks.onnx_model import OnnxClassifier
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
@@ -94,16 +94,8 @@ def _score(params: Params, paths: ProjectPaths, rows, head: LinearHead, artifact
     if clf.classes != head.classes:
         raise UserError(f"{onnx_path} predicts {clf.classes}, {paths.head} has {head.classes}; re-run export")
     rel = onnx_path.relative_to(paths.root).as_posix()
-    return _onnx_probs(clf, paths, rows), f"{rel} via ONNX Runtime from image files"
-
-
-def _onnx_probs(clf: OnnxClassifier, paths: ProjectPaths, rows: pd.DataFrame) -> np.ndarray:
-    """Probabilities for the manifest rows, decoded from their files; a file unreadable now is a one-line error."""
-    preds = list(clf.predict_paths([paths.root / p for p in rows["path"]], batch_size=32))
-    bad = [p for p in preds if p.probs is None]
-    if bad:
-        raise UserError(f"{bad[0].path}: {bad[0].error} (it was usable at ingest; re-run ingest)")
-    return np.stack([p.probs for p in preds])
+    images = load_many([paths.root / p for p in rows["path"]], clf.input_size, clf.resize)
+    return clf.probs_batched(images), f"{rel} via ONNX Runtime from image files"
 
 
 def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, split: str | None = None,
@@ -121,12 +113,11 @@ def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, s
     views |= {name: rows["sha256"].isin(keys).to_numpy() for name, keys in (subsets or {}).items()}
     classifiers = {name: OnnxClassifier(path) for name, path in models.items()}
     sizes = {(c.input_size, c.resize) for c in classifiers.values()}
-    arrays = {key: np.stack([load_uint8(paths.root / p, key[0], key[1]) for p in rows["path"]]) for key in sizes}
+    arrays = {key: load_many([paths.root / p for p in rows["path"]], *key) for key in sizes}
     y = rows["label"].to_numpy()
     out: dict[str, dict[str, dict]] = {}
     for name, clf in classifiers.items():
-        x = arrays[(clf.input_size, clf.resize)]
-        probs = np.concatenate([clf.probs(x[i : i + 32]) for i in range(0, len(x), 32)])
+        probs = clf.probs_batched(arrays[(clf.input_size, clf.resize)])
         pred = np.array(clf.classes)[probs.argmax(1)]
         labels = sorted(set(y) | set(clf.classes))
         out[name] = {}

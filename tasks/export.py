@@ -32,7 +32,7 @@ from tasks.engines import OrtEngine, export_onnx
 from tasks.errors import UserError
 from tasks.ingest import read_manifest
 from tasks.head import LinearHead
-from tasks.images import load_uint8
+from tasks.images import load_many
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
 from tasks.stage_cli import run_stage_cli
@@ -116,7 +116,7 @@ def parity_images(params: Params, paths: ProjectPaths) -> np.ndarray:
             break
     rows = rows.sort_values("sha256").head(params.export.parity_images)
     size, mode = params.backbone.input_size, params.backbone.resize
-    return np.stack([load_uint8(paths.root / p, size, mode) for p in rows["path"]])
+    return load_many([paths.root / p for p in rows["path"]], size, mode)
 
 
 def check_parity(model: ImageModel, onnx_path: Path, images: np.ndarray, tolerance: float) -> ParityReport:
@@ -144,7 +144,7 @@ def _split_images(params: Params, paths: ProjectPaths, split: str, limit: int) -
     size, mode = params.backbone.input_size, params.backbone.resize
     if not len(rows):
         return np.zeros((0, size, size, 3), np.uint8), np.array([], dtype=object)
-    return np.stack([load_uint8(paths.root / p, size, mode) for p in rows["path"]]), rows["label"].to_numpy()
+    return load_many([paths.root / p for p in rows["path"]], size, mode), rows["label"].to_numpy()
 
 
 def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> dict:

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from tasks.engines import OrtEngine, TorchEngine, export_onnx, resolve_engine
-from tasks.errors import UserError
 from tasks.feature_store import FeatureStore, acquire, open_store
 from tasks.ingest import read_manifest
-from tasks.images import load_uint8
+from tasks.images import load_many
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
 from tasks.stage_cli import run_stage_cli
@@ -71,15 +70,8 @@ def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, 
     p = params.features
     size, mode = params.backbone.input_size, params.backbone.resize
 
-    def load(path: str) -> np.ndarray:
-        try:
-            return load_uint8(path, size, mode)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: listed in the manifest but cannot be read now ({str(exc).splitlines()[0][:80]}); "
-                            f"re-run ingest") from None
-
     def decode(batch):
-        return np.stack([load(path) for _, path in batch])
+        return load_many([path for _, path in batch], size, mode)
 
     pending_keys: list[str] = []
     pending_feats: list[np.ndarray] = []

@@ -32,6 +32,14 @@ class ImageCheck:
     reason: str = ""
 
 
+def _too_large(w: int, h: int, max_pixels: int) -> str:
+    return f"too large: {w}x{h} = {w * h / 1e6:.0f} MP > limit {max_pixels / 1e6:.0f} MP (ingest.max_pixels)"
+
+
+def _corrupt(exc: BaseException) -> str:
+    return f"truncated or corrupt ({str(exc).splitlines()[0][:120]})"
+
+
 def check_image(source: str | Path | io.BytesIO, max_pixels: int) -> ImageCheck:
     """Fully decode `source` (a path or the file's bytes) to prove it is a readable image within the pixel limit.
     Never raises for bad files."""
@@ -44,8 +52,7 @@ def check_image(source: str | Path | io.BytesIO, max_pixels: int) -> ImageCheck:
             with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    return ImageCheck(False, w, h, f"too large: {w}x{h} = {w * h / 1e6:.0f} MP > limit "
-                                                   f"{max_pixels / 1e6:.0f} MP (ingest.max_pixels)")
+                    return ImageCheck(False, w, h, _too_large(w, h, max_pixels))
                 if w == 0 or h == 0:
                     return ImageCheck(False, w, h, "image has zero width or height")
                 img.load()
@@ -53,7 +60,7 @@ def check_image(source: str | Path | io.BytesIO, max_pixels: int) -> ImageCheck:
     except UnidentifiedImageError:
         return ImageCheck(False, reason="not an image (format not recognised)")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return ImageCheck(False, reason=f"truncated or corrupt ({str(exc).splitlines()[0][:120]})")
+        return ImageCheck(False, reason=_corrupt(exc))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -105,3 +112,41 @@ def load_uint8(path: str | Path, size: int, mode: str) -> np.ndarray:
             rgb = to_rgb(img)
             out = resize_square(rgb, size, mode)
     return np.asarray(out, dtype=np.uint8)
+
+
+def load_checked(path: str | Path, size: int, mode: str, max_pixels: int) -> tuple[np.ndarray | None, str]:
+    """`load_uint8` for untrusted files, decoding once: (array, "") or (None, reason), never raising for bad files.
+    The pixel limit is checked from the header before anything is decoded."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return None, "empty file (0 bytes)"
+        with Image.open(path) as img:  # header only
+            w, h = img.size
+        if w * h > max_pixels:
+            return None, _too_large(w, h, max_pixels)
+        return load_uint8(path, size, mode), ""
+    except FileNotFoundError:
+        return None, "file not found"
+    except UnidentifiedImageError:
+        return None, "not an image (format not recognised)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return None, _corrupt(exc)
+
+
+def load_known(path: str | Path, size: int, mode: str) -> np.ndarray:
+    """`load_uint8` for a file that ingest accepted: if it cannot be read now, a one-line UserError naming it."""
+    try:
+        return load_uint8(path, size, mode)
+    except (OSError, ValueError) as exc:
+        from tasks.errors import UserError
+
+        raise UserError(f"{path}: listed in the manifest but cannot be read now ({str(exc).splitlines()[0][:80]}); "
+                        f"re-run ingest") from None
+
+
+def load_many(paths: list[str | Path], size: int, mode: str) -> np.ndarray:
+    """Several accepted files as one uint8 NHWC array (see `load_known`)."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = load_known(p, size, mode)
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from tasks.engines import ort_providers, resolve_threads
 from tasks.errors import UserError
-from tasks.images import check_image, load_uint8
+from tasks.images import load_checked, load_uint8
 
 
 @dataclass
@@ -57,6 +57,12 @@ class OnnxClassifier:
         """Class probabilities for a uint8 NHWC batch at the model's input size."""
         return self.session.run(["probs"], {"images": np.ascontiguousarray(images)})[0]
 
+    def probs_batched(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities for any number of images, run `batch_size` at a time."""
+        if not len(images):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate([self.probs(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
     def load(self, path: str | Path) -> np.ndarray:
         """Decode and resize one file exactly as training did."""
         return load_uint8(path, self.input_size, self.resize)
@@ -66,13 +72,8 @@ class OnnxClassifier:
         """Predictions in input order; unreadable or oversized files yield a Prediction with `error`, never raise."""
 
         def decode(p) -> tuple[str, np.ndarray | None, str]:
-            check = check_image(p, max_pixels)
-            if not check.ok:
-                return str(p), None, check.reason
-            try:
-                return str(p), self.load(p), ""
-            except Exception as exc:  # a file can still fail in resize/convert; report it on its row
-                return str(p), None, f"cannot decode ({str(exc).splitlines()[0][:100]})"
+            array, reason = load_checked(p, self.input_size, self.resize, max_pixels)
+            return str(p), array, reason
 
         def flush(batch):
             good = [b for b in batch if b[1] is not None]

@@ -175,3 +175,13 @@ def test_a_named_intermediate_layer_gives_pooled_features_and_its_own_fingerprin
     assert feature_fingerprint(p) != feature_fingerprint(BackboneParams(name="tf_efficientnet_lite0", weights="random"))
     with pytest.raises(UserError, match=r"backbone.layer: 'blocks.44' is not a module.*did you mean"):
         build_backbone(BackboneParams(name="tf_efficientnet_lite0", weights="random", layer="blocks.44"))
+
+
+def test_an_image_deleted_after_ingest_is_a_one_line_error_naming_it(tmp_path, clipart_raw):
+    paths, params = _features_project(tmp_path, clipart_raw)
+    victim = paths.root / pd.read_parquet(paths.manifest)["path"].iloc[3]
+    victim.unlink()
+    with pytest.raises(UserError, match=rf"{victim.name}: listed in the manifest but cannot be read now.*re-run ingest"):
+        run_features(params, paths)
+    run_ingest(params, paths)  # as the message says: ingest forgets the file, extraction goes through
+    assert run_features(params, paths).extracted > 0
