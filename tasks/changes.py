@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from tasks.ingest import list_sources
+from tasks.ingest import list_sources, read_rejected
 from tasks.params import Params
 from tasks.paths import ProjectPaths
 
@@ -35,7 +35,7 @@ def detect_changes(params: Params, paths: ProjectPaths) -> DataChanges:
     if paths.manifest.exists():
         m = pd.read_parquet(paths.manifest)
         known = dict(zip(m["path"], m["sha256"]))
-    rejected = set(pd.read_csv(paths.rejected)["path"]) if paths.rejected.exists() else set()
+    rejected = set(read_rejected(paths)["path"])
     out = DataChanges()
     present = set()
     for c in candidates + named_rejects:

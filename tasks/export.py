@@ -109,14 +109,11 @@ def model_metadata(params: Params, head: LinearHead, paths: ProjectPaths) -> dic
 
 def parity_images(params: Params, paths: ProjectPaths) -> np.ndarray:
     """Up to `export.parity_images` real held-out images (val, else test, else train) as uint8 NHWC."""
-    m = read_manifest(paths)
     for split in ("val", "test", "train"):
-        rows = m[m["split"] == split]
-        if len(rows):
-            break
-    rows = rows.sort_values("sha256").head(params.export.parity_images)
-    size, mode = params.backbone.input_size, params.backbone.resize
-    return load_many([paths.root / p for p in rows["path"]], size, mode)
+        images, _ = _split_images(params, paths, split, params.export.parity_images)
+        if len(images):
+            return images
+    return images
 
 
 def check_parity(model: ImageModel, onnx_path: Path, images: np.ndarray, tolerance: float) -> ParityReport:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from tasks.engines import OrtEngine, TorchEngine, export_onnx, resolve_engine
 from tasks.feature_store import FeatureStore, acquire, open_store
-from tasks.ingest import read_manifest
+from tasks.ingest import read_manifest, read_rejected
 from tasks.images import load_many
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
@@ -128,7 +127,7 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
         lock.release()
     seconds = time.perf_counter() - t0
     n_unique = len(set(keys))
-    rejected = len(pd.read_csv(paths.rejected)) if paths.rejected.exists() else 0
+    rejected = len(read_rejected(paths))
     summary = FeaturesSummary(store.fingerprint, str(store.dir), engine_name, n_unique, n_unique - len(todo),
                               len(todo), rejected, seconds, len(todo) / seconds if todo else 0.0)
     log(f"features: {summary.images} images, {summary.cache_hits} cache hits, {summary.extracted} extracted, "

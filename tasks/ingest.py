@@ -27,7 +27,7 @@ import pandas as pd
 from tasks.atomic import atomic_path
 from tasks.errors import UserError
 from tasks.images import check_image
-from tasks.params import IngestParams, Params, load_params
+from tasks.params import IngestParams, Params
 from tasks.paths import ProjectPaths, default_paths
 from tasks.stage_cli import run_stage_cli
 from tasks.progress import Progress, log
@@ -53,6 +53,13 @@ def read_manifest(paths: ProjectPaths) -> pd.DataFrame:
     if not paths.manifest.exists():
         raise UserError(f"{paths.manifest} not found; run the ingest stage first (python -m tasks.ingest)")
     return pd.read_parquet(paths.manifest)
+
+
+def read_rejected(paths: ProjectPaths) -> pd.DataFrame:
+    """The rejection list of the last ingest (empty before the first one)."""
+    if not paths.rejected.exists():
+        return pd.DataFrame(columns=["path", "label", "reason"])
+    return pd.read_csv(paths.rejected)
 
 
 @dataclass
@@ -120,16 +127,24 @@ def _list_csv(source: Path, root: Path) -> list[Candidate]:
     return out
 
 
-def list_sources(p: IngestParams, root: Path) -> tuple[list[Candidate], list[Candidate]]:
-    """(candidate image files, files rejected by name alone) under `ingest.source`, without reading them."""
+def _resolve_source(p: IngestParams, root: Path) -> Path:
     source = Path(p.source)
     if not source.is_absolute():
         source = root / source
     if not source.exists():
         raise UserError(f"ingest.source: '{p.source}' does not exist (put images in <source>/<class>/ or give a CSV)")
+    return source
+
+
+def _list(source: Path, p: IngestParams, root: Path) -> tuple[list[Candidate], list[Candidate]]:
     if source.is_dir():
         return _list_folder(source, p, root)
     return _list_csv(source, root), []
+
+
+def list_sources(p: IngestParams, root: Path) -> tuple[list[Candidate], list[Candidate]]:
+    """(candidate image files, files rejected by name alone) under `ingest.source`, without reading them."""
+    return _list(_resolve_source(p, root), p, root)
 
 
 def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]]) -> Candidate:
@@ -218,15 +233,8 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     paths = paths or default_paths()
     p = params.ingest
     t0 = time.perf_counter()
-    source = Path(p.source)
-    if not source.is_absolute():
-        source = paths.root / source
-    if not source.exists():
-        raise UserError(f"ingest.source: '{p.source}' does not exist (put images in <source>/<class>/ or give a CSV)")
-    if source.is_dir():
-        candidates, rejected = _list_folder(source, p, paths.root)
-    else:
-        candidates, rejected = _list_csv(source, paths.root), []
+    source = _resolve_source(p, paths.root)
+    candidates, rejected = _list(source, p, paths.root)
     n_listed_rejects = len(rejected)  # rejected from their name alone, before inspection
 
     previous = None

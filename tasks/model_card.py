@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from tasks.atomic import atomic_write_text
+from tasks.ingest import read_rejected
 from tasks.params import Params
 from tasks.paths import ProjectPaths
 from tasks.registry import feature_identity
@@ -16,7 +17,7 @@ def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame
                      per_class: dict) -> None:
     """Write the card from the manifest, params and the evaluation just computed (atomically)."""
     counts = pd.crosstab(manifest["label"], manifest["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
-    n_rejected = len(pd.read_csv(paths.rejected)) if paths.rejected.exists() else 0
+    n_rejected = len(read_rejected(paths))
     export = json.loads((paths.metrics / "export.json").read_text()) if (paths.metrics / "export.json").exists() else {}
     ident = feature_identity(params.backbone, params.seed)
     size = params.backbone.input_size
