@@ -16,13 +16,15 @@ from flows.dvc_sync import dvc_commit
 from tasks.evaluate import run_evaluate
 from tasks.export import run_export
 from tasks.features import run_features
+from tasks.finetune import run_finetune
 from tasks.head import run_head
 from tasks.ingest import run_ingest
 from tasks.params import PARAMS_FILE, load_params, write_overrides
 from tasks.paths import ProjectPaths, default_paths
 
-STAGES = ["ingest", "features", "head", "export", "evaluate"]  # dvc.yaml has the same stages, in this order
-STAGE_FUNCTIONS = {"ingest": run_ingest, "features": run_features, "head": run_head, "evaluate": run_evaluate,
+STAGES = ["ingest", "features", "head", "finetune", "export", "evaluate"]  # dvc.yaml: same stages, same order
+STAGE_FUNCTIONS = {"ingest": run_ingest, "features": run_features, "head": run_head, "finetune": run_finetune,
+                   "evaluate": run_evaluate,
                    "export": run_export}
 
 

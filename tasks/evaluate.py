@@ -19,7 +19,8 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from tasks.atomic import atomic_path, atomic_write_text
 from tasks.errors import UserError
 from tasks.feature_store import open_store
-from tasks.head import LinearHead
+from tasks.classifier import finetune_summary
+from tasks.head import Head
 from tasks.ingest import read_manifest
 from tasks.model_card import write_model_card
 from tasks.images import load_many
@@ -81,7 +82,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None
     plt.close(fig)
 
 
-def _score(params: Params, paths: ProjectPaths, rows, head: LinearHead, artifact: str) -> tuple[np.ndarray, str]:
+def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str) -> tuple[np.ndarray, str]:
     """Probabilities of `rows` from the chosen artifact, and a description of what was scored."""
     if artifact == "head":
         store = open_store(params, paths)
@@ -134,8 +135,12 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     scored on the same images and reported beside it."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
-    head = LinearHead.load(paths.head)
+    head = Head.load(paths.head)
     split = params.evaluate.split
+    artifact = params.evaluate.artifact
+    if artifact == "head" and finetune_summary(paths).get("kept") == "finetuned":
+        log("evaluate: the backbone was fine-tuned, so cached features no longer describe the model; scoring the ONNX")
+        artifact = "onnx"
     manifest = read_manifest(paths)
     rows = manifest[manifest["split"] == split].reset_index(drop=True)
     y = rows["label"].to_numpy()
@@ -144,12 +149,12 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     unknown = sorted(set(y) - set(head.classes))
     if unknown:
         raise UserError(f"label '{unknown[0]}' in the {split} split is not a class of {paths.head}; re-run head")
-    probs, scored = _score(params, paths, rows, head, params.evaluate.artifact)
+    probs, scored = _score(params, paths, rows, head, artifact)
     pred = np.array(head.classes)[probs.argmax(1)]
     metrics, per_class = compute_metrics(y, pred, head.classes)
     metrics |= {"n": int(len(y)), "split": split, "artifact": scored}
     int8_path = paths.models / "int8" / "model.onnx"
-    if params.evaluate.artifact == "onnx" and int8_path.exists():
+    if artifact == "onnx" and int8_path.exists():
         p8, _ = _score(params, paths, rows, head, "int8")
         m8, _ = compute_metrics(y, np.array(head.classes)[p8.argmax(1)], head.classes)
         metrics |= {"int8_accuracy": m8["accuracy"], "int8_f1_macro": m8["f1_macro"]}

@@ -27,11 +27,12 @@ import onnx
 import torch
 
 from tasks.atomic import atomic_write_text
-from tasks.backbones import ImageModel, build_backbone, feature_identity
+from tasks.backbones import ImageModel, feature_identity
+from tasks.classifier import build_classifier, finetune_summary, shipped_classifier  # noqa: F401 (re-exported)
 from tasks.engines import OrtEngine, export_onnx
 from tasks.errors import UserError
 from tasks.ingest import read_manifest
-from tasks.head import LinearHead
+from tasks.head import Head
 from tasks.images import load_many
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
@@ -66,16 +67,6 @@ class ExportSummary:
     seconds: float
 
 
-def build_classifier(params: Params, head: LinearHead) -> ImageModel:
-    """The full torch model: uint8 NHWC -> (logits, probs), with the head as an nn.Linear."""
-    loaded = build_backbone(params.backbone, params.seed)
-    linear = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(head.weight))
-        linear.bias.copy_(torch.from_numpy(head.bias))
-    return ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=linear).eval()
-
-
 def _git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -84,11 +75,14 @@ def _git_commit(root: Path) -> str:
         return "unknown"
 
 
-def model_metadata(params: Params, head: LinearHead, paths: ProjectPaths) -> dict[str, str]:
+def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str, str]:
     """metadata_props written into the ONNX model (all values are strings, JSON where structured)."""
     head_file = paths.models / "head.json"  # validation metrics of the head (test metrics come after, in evaluate)
     head_info = json.loads(head_file.read_text()) if head_file.exists() else {}
     metrics = {k: head_info[k] for k in ("train_accuracy", "val_accuracy", "n_train") if head_info.get(k) is not None}
+    tuned = finetune_summary(paths)
+    if tuned.get("kept") == "finetuned":
+        metrics["val_accuracy"] = tuned["best"]["val_accuracy"]
     p = params.backbone
     return {
         "headstart.classes": json.dumps(head.classes),
@@ -98,6 +92,8 @@ def model_metadata(params: Params, head: LinearHead, paths: ProjectPaths) -> dic
         "headstart.outputs": json.dumps({"logits": "raw scores (batch, classes)", "probs": "softmax of logits"}),
         "headstart.backbone": json.dumps(feature_identity(p, params.seed)),
         "headstart.fingerprint": head.fingerprint,
+        "headstart.head": json.dumps({"kind": head.kind, "finetune": {k: tuned[k] for k in ("strategy", "kept",
+                                      "best_epoch") if k in tuned}}),
         "headstart.params_sha256": hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True)
                                                   .encode()).hexdigest(),
         "headstart.git_commit": _git_commit(paths.root),
@@ -173,8 +169,8 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     the parity gate passes; otherwise the previous model stays in place."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
-    head = LinearHead.load(paths.head)
-    model = build_classifier(params, head)
+    head = Head.load(paths.head)
+    model = shipped_classifier(params, paths)
     staging = paths.onnx.with_name(f".{paths.onnx.name}.staging.onnx")
     try:
         export_onnx(model, staging, params.backbone.input_size, ["logits", "probs"], params.export.opset)

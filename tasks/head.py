@@ -1,8 +1,9 @@
 """Stage `head`: train a classifier on cached train features.
 
-The head is saved framework-neutral in `models/head.npz`: one linear layer (`weight` K x D, `bias` K) with the
-feature standardisation folded in, plus the class names. Logistic regression's decision function is exactly that
-layer, so the exported ONNX graph is backbone + nn.Linear + softmax: one graph, no sklearn at serving time.
+The head is saved framework-neutral in `models/head.npz`: the feature standardisation (mean, scale), then its layers
+(`weight_i`, `bias_i`), plus the class names. Logistic regression's and the linear SVM's decision functions are exactly
+one linear layer; the MLP is two with a ReLU between. The exported ONNX graph is backbone + standardise + the same
+layers + softmax (tasks.head_module builds the torch twin): one graph, no sklearn at serving time.
 """
 
 from __future__ import annotations
@@ -29,16 +30,35 @@ from tasks.progress import log
 
 
 @dataclass
-class LinearHead:
-    """logits = features @ weight.T + bias; classes[i] names logit i."""
+class Head:
+    """logits = layers applied in turn to standardised features ((x - mean) / scale), ReLU between layers.
 
-    weight: np.ndarray
-    bias: np.ndarray
+    A linear head (logreg, linear SVM) has one layer; the MLP head has two. `classes[i]` names logit i.
+    """
+
+    layers: list[tuple[np.ndarray, np.ndarray]]  # (weight: out x in, bias: out), input to output
     classes: list[str]
     fingerprint: str
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    kind: str = "linear"
+
+    def __post_init__(self):
+        d = self.layers[0][0].shape[1]
+        self.mean = np.zeros(d) if self.mean is None else np.asarray(self.mean)
+        self.scale = np.ones(d) if self.scale is None else np.asarray(self.scale)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.layers[0][0].shape[1])
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
-        return feats.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias
+        z = (feats.astype(np.float64) - self.mean) / self.scale
+        for i, (w, b) in enumerate(self.layers):
+            z = z @ w.T.astype(np.float64) + b
+            if i < len(self.layers) - 1:
+                z = np.maximum(z, 0.0)
+        return z
 
     def probs(self, feats: np.ndarray) -> np.ndarray:
         z = self.logits(feats)
@@ -47,16 +67,25 @@ class LinearHead:
         return e / e.sum(axis=1, keepdims=True)
 
     def save(self, path) -> None:
+        arrays = {f"weight_{i}": w.astype(np.float32) for i, (w, _) in enumerate(self.layers)}
+        arrays |= {f"bias_{i}": b.astype(np.float32) for i, (_, b) in enumerate(self.layers)}
         with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, weight=self.weight.astype(np.float32), bias=self.bias.astype(np.float32),
-                     classes=np.array(self.classes), fingerprint=np.array(self.fingerprint))
+            np.savez(tmp, **arrays, mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32),
+                     classes=np.array(self.classes), fingerprint=np.array(self.fingerprint), kind=np.array(self.kind))
 
     @classmethod
-    def load(cls, path) -> "LinearHead":
+    def load(cls, path) -> "Head":
+        """The head saved by the head stage (or a one-layer head in the earlier weight/bias format)."""
         if not path.exists():
             raise UserError(f"{path} not found; run the head stage first (python -m tasks.head)")
         z = np.load(path, allow_pickle=False)
-        return cls(z["weight"], z["bias"], [str(c) for c in z["classes"]], str(z["fingerprint"]))
+        if "weight" in z:  # earlier format: one linear layer on raw features
+            layers, mean, scale, kind = [(z["weight"], z["bias"])], None, None, "linear"
+        else:
+            n = sum(1 for k in z.files if k.startswith("weight_"))
+            layers = [(z[f"weight_{i}"], z[f"bias_{i}"]) for i in range(n)]
+            mean, scale, kind = z["mean"], z["scale"], str(z["kind"])
+        return cls(layers, [str(c) for c in z["classes"]], str(z["fingerprint"]), mean, scale, kind)
 
 
 @dataclass
@@ -111,15 +140,18 @@ def choose_c(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[float, dict[
     return best, scores
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Fit the configured linear head (logistic regression or linear SVM, C fixed or by CV); return (weight, bias,
-    classes) of the equivalent linear layer on raw features (standardisation folded in)."""
-    h = params.head
-    if h.standardize:
+def standardisation(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of the train features, or (0, 1) when head.standardize is off."""
+    if params.head.standardize:
         scaler = StandardScaler().fit(x)
-        mu, sigma = scaler.mean_, scaler.scale_
-    else:
-        mu, sigma = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        return scaler.mean_, scaler.scale_
+    return np.zeros(x.shape[1]), np.ones(x.shape[1])
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, params: Params, fingerprint: str = "") -> Head:
+    """Fit the configured linear head (logistic regression or linear SVM, C fixed or by CV) as a one-layer Head."""
+    h = params.head
+    mu, sigma = standardisation(x, params)
     z = (x - mu) / sigma
     c = h.C
     if c == "auto":
@@ -131,9 +163,7 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[np.ndarray
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; make it a 2-logit layer with the same softmax
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-    weight = coef / sigma
-    bias = intercept - weight @ mu
-    return weight, bias, [str(c) for c in clf.classes_]
+    return Head([(coef, intercept)], [str(c) for c in clf.classes_], fingerprint, mu, sigma, h.type)
 
 
 def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
@@ -143,17 +173,23 @@ def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
     x, y, _, fp = split_features(params, paths, "train")
     if len(set(y)) < 2:
         raise UserError(f"{paths.manifest}: train split has {len(set(y))} class(es); need at least 2")
-    weight, bias, classes = fit_logreg(x, y, params)
-    head = LinearHead(weight, bias, classes, fp)
-    train_acc = float((np.array(classes)[head.logits(x).argmax(1)] == y).mean())
     xv, yv, _, _ = split_features(params, paths, "val")
+    if params.head.type == "mlp":
+        from tasks.head_module import fit_mlp
+
+        head = fit_mlp(x, y, xv, yv, params, fp)
+    else:
+        head = fit_linear(x, y, params, fp)
+    classes = head.classes
+    train_acc = float((np.array(classes)[head.logits(x).argmax(1)] == y).mean())
     val_acc = float((np.array(classes)[head.logits(xv).argmax(1)] == yv).mean()) if len(yv) else None
     head.save(paths.head)
     summary = HeadSummary(classes, len(y), train_acc, val_acc, time.perf_counter() - t0, str(paths.head))
     atomic_write_text(paths.models / "head.json", json.dumps(asdict(summary) | {"params": params.head.model_dump(),
                                                                                 "fingerprint": fp}, indent=2))
     val = f"{val_acc:.3f}" if val_acc is not None else "n/a"
-    log(f"head: {params.head.type} (C={params.head.C}) on {len(y)} train images, {len(classes)} classes: "
+    what = f"mlp ({len(head.layers[0][1])} hidden)" if head.kind == "mlp" else f"{head.kind} (C={params.head.C})"
+    log(f"head: {what} on {len(y)} train images, {len(classes)} classes: "
         f"train acc {train_acc:.3f}, val acc {val} in {summary.seconds:.1f}s -> {paths.head.relative_to(paths.root)}")
     return summary
 

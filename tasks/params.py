@@ -73,9 +73,20 @@ class FeaturesParams(_Section):
     decode_workers: int = Field(1, ge=0, description="threads decoding and resizing images beside the model")
 
 
+class MlpParams(_Section):
+    hidden: int = Field(512, ge=1, description="width of the hidden layer")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    batch_size: int = Field(256, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(15, ge=1, description="stop after this many epochs without a better val accuracy")
+
+
 class HeadParams(_Section):
-    type: Literal["logreg", "linear_svm"] = Field(
-        "logreg", description="logreg: calibrated probabilities; linear_svm: probs are a softmax of SVM margins")
+    type: Literal["logreg", "linear_svm", "mlp"] = Field(
+        "logreg", description="logreg: calibrated probabilities; linear_svm: probs are a softmax of SVM margins; "
+                              "mlp: one hidden layer (torch), early stopping on val")
     C: float | Literal["auto"] = Field(
         0.1, description="inverse regularisation strength, or auto: chosen by stratified CV on train over C_grid")
     C_grid: list[float] = Field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
@@ -84,6 +95,7 @@ class HeadParams(_Section):
         "none", description="none, balanced, or an explicit {class: weight} map (missing classes weigh 1)")
     standardize: bool = Field(True, description="scale features to zero mean / unit variance (folded into the layer)")
     max_iter: int = Field(2000, ge=10)
+    mlp: MlpParams = Field(default_factory=MlpParams)
 
     @field_validator("C")
     @classmethod
@@ -91,6 +103,42 @@ class HeadParams(_Section):
         if v != "auto" and v <= 0:
             raise ValueError("must be > 0 or auto")
         return v
+
+
+class AugmentParams(_Section):
+    crop_scale: float = Field(0.7, gt=0.0, le=1.0, description="random resized crop keeps this share of the area or "
+                                                              "more (1 = no crop)")
+    flip: bool = Field(True, description="random horizontal flip")
+    color_jitter: float = Field(0.1, ge=0.0, le=1.0, description="brightness/contrast/saturation jitter (0 = off)")
+
+
+class FinetuneParams(_Section):
+    strategy: Literal["none", "freeze", "last_n", "full", "gradual"] = Field(
+        "none", description="none: ship the head on frozen features; freeze: train the head end to end on pixels; "
+                            "last_n: unfreeze the last `last_n` blocks; full: everything; gradual: unfreeze one more "
+                            "block every `gradual_every` epochs, from the top")
+    last_n: int = Field(3, ge=1, description="blocks unfrozen by last_n")
+    gradual_every: int = Field(1, ge=1, description="epochs between unfreezing blocks (gradual)")
+    init: Literal["probe", "random"] = Field(
+        "probe", description="probe: start from the trained head (LP-FT); random: a fresh head")
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate of the head")
+    body_lr: float = Field(1e-4, gt=0.0, description="peak learning rate of the top block")
+    layer_decay: float = Field(0.7, gt=0.0, le=1.0, description="each block further from the head trains at this "
+                                                                "times the learning rate of the block above")
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up, then cosine decay to zero")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    bn: Literal["eval", "train"] = Field(
+        "eval", description="eval: every BatchNorm keeps its running statistics (frozen blocks always do); "
+                            "train: BatchNorm in unfrozen blocks updates them")
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    patience: int = Field(3, ge=1, description="stop after this many epochs without a better val accuracy")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 (else fp16) on CUDA, off on CPU")
+    compile: bool = Field(False, description="torch.compile the model (slow first epoch; pays off on long runs)")
+    threads: int = Field(0, ge=0, description="torch threads on CPU; 0 = one per physical core")
 
 
 class EvaluateParams(_Section):
@@ -124,6 +172,7 @@ class Params(_Section):
     backbone: BackboneParams = Field(default_factory=BackboneParams)
     features: FeaturesParams = Field(default_factory=FeaturesParams)
     head: HeadParams = Field(default_factory=HeadParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     export: ExportParams = Field(default_factory=ExportParams)
     retrain: RetrainParams = Field(default_factory=RetrainParams)

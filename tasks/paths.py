@@ -43,6 +43,16 @@ class ProjectPaths:
         return self.models / "head.npz"
 
     @property
+    def finetune(self) -> Path:
+        """Fine-tune stage output: summary.json, history.csv, curves.png and, when kept, model.pt."""
+        return self.models / "finetune"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Per-epoch training checkpoints for resume (outside DVC outputs, which DVC clears before a run)."""
+        return self.models / "checkpoints"
+
+    @property
     def metrics(self) -> Path:
         return self.models / "metrics"
 

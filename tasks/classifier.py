@@ -1,0 +1,49 @@
+"""The shipped classifier as a torch module: backbone + head, with the fine-tuned weights when fine-tuning kept them.
+
+Export, the fine-tune stage and benchmarks build the model here, so there is one definition of "the model".
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tasks.backbones import ImageModel, build_backbone
+from tasks.errors import UserError
+from tasks.head import Head
+from tasks.head_module import HeadModule
+from tasks.params import Params
+from tasks.paths import ProjectPaths
+
+
+def build_classifier(params: Params, head: Head, state: dict | None = None) -> ImageModel:
+    """uint8 NHWC -> (logits, probs): the params' backbone with `head` (as a HeadModule) on top, in eval mode; with
+    `state`, the weights of a fine-tuned ImageModel are loaded over it."""
+    loaded = build_backbone(params.backbone, params.seed)
+    model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(head))
+    if state is not None:
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def finetune_summary(paths: ProjectPaths) -> dict:
+    """The fine-tune stage's summary.json ({} when the stage has not run: the head on frozen features ships)."""
+    f = paths.finetune / "summary.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def shipped_state(paths: ProjectPaths) -> dict | None:
+    """The fine-tuned weights when the fine-tune stage kept them, else None (the frozen backbone + head ships)."""
+    if finetune_summary(paths).get("kept") != "finetuned":
+        return None
+    f = paths.finetune / "model.pt"
+    if not f.exists():
+        raise UserError(f"{paths.finetune / 'summary.json'} says the fine-tuned model was kept, but {f} is missing; "
+                        f"re-run the finetune stage")
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def shipped_classifier(params: Params, paths: ProjectPaths) -> ImageModel:
+    """The model the pipeline ships: backbone + head, fine-tuned if the fine-tune stage kept that."""
+    return build_classifier(params, Head.load(paths.head), shipped_state(paths))

@@ -1,0 +1,118 @@
+"""The torch twin of a saved Head (standardise + layers), and the MLP head trained on cached features.
+
+`HeadModule(head)` computes exactly `head.logits` (float32): export puts it after the backbone, fine-tuning trains it.
+`module_to_head` reads the (possibly fine-tuned) weights back into a Head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.head import Head
+from tasks.params import Params
+from tasks.progress import log
+
+
+class HeadModule(nn.Module):
+    """(features - mean) / scale, then the head's linear layers with ReLU (and dropout while training) between."""
+
+    def __init__(self, head: Head, dropout: float = 0.0):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(head.mean, dtype=torch.float32))
+        self.register_buffer("inv_scale", torch.as_tensor(1.0 / head.scale, dtype=torch.float32))
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(head.layers):
+            linear = nn.Linear(w.shape[1], w.shape[0])
+            with torch.no_grad():
+                linear.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
+                linear.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+            layers.append(linear)
+            if i < len(head.layers) - 1:
+                layers += [nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net((feats - self.mean) * self.inv_scale)
+
+
+def module_to_head(module: HeadModule, like: Head) -> Head:
+    """A Head with `module`'s current weights and `like`'s classes, fingerprint and kind."""
+    linears = [m for m in module.net if isinstance(m, nn.Linear)]
+    layers = [(m.weight.detach().cpu().double().numpy(), m.bias.detach().cpu().double().numpy()) for m in linears]
+    return Head(layers, like.classes, like.fingerprint, module.mean.cpu().double().numpy(),
+                1.0 / module.inv_scale.cpu().double().numpy(), like.kind)
+
+
+def random_like(head: Head, seed: int) -> Head:
+    """A head of the same shape with PyTorch's default (Kaiming-uniform) initialisation: fine-tuning's `init: random`."""
+    torch.manual_seed(seed)
+    layers = []
+    for w, _ in head.layers:
+        fresh = nn.Linear(w.shape[1], w.shape[0])
+        layers.append((fresh.weight.detach().double().numpy(), fresh.bias.detach().double().numpy()))
+    return Head(layers, head.classes, head.fingerprint, head.mean, head.scale, head.kind)
+
+
+def _holdout(y: np.ndarray, seed: int, share: float = 0.1) -> np.ndarray:
+    """Boolean mask of a stratified `share` of rows (at least one per class with 2+ rows) for early stopping."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) >= 2:
+            mask[rng.choice(idx, max(1, int(round(share * len(idx)))), replace=False)] = True
+    return mask
+
+
+def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params: Params, fingerprint: str) -> Head:
+    """Train a one-hidden-layer MLP on standardised features with AdamW; keep the epoch with the best val accuracy
+    (ties: lower val loss) and stop after `head.mlp.patience` epochs without one. Without val rows, a stratified
+    10 % of train is held out for this. Deterministic for a given seed (CPU)."""
+    from tasks.head import standardisation
+
+    p = params.head.mlp
+    if not len(yv):
+        held = _holdout(y, params.seed)
+        x, y, xv, yv = x[~held], y[~held], x[held], y[held]
+        log(f"head: no val split; holding out {held.sum()} train images for early stopping")
+    classes = sorted(set(y))
+    index = {c: i for i, c in enumerate(classes)}
+    mu, sigma = standardisation(x, params)
+    torch.manual_seed(params.seed)
+    hidden = nn.Linear(x.shape[1], p.hidden)
+    out = nn.Linear(p.hidden, len(classes))
+    init = Head([(hidden.weight.detach().double().numpy(), hidden.bias.detach().double().numpy()),
+                 (out.weight.detach().double().numpy(), out.bias.detach().double().numpy())],
+                classes, fingerprint, mu, sigma, "mlp")
+    model = HeadModule(init, dropout=p.dropout)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor([index[c] for c in y])
+    xvt = torch.as_tensor(xv, dtype=torch.float32)
+    yvt = torch.as_tensor([index.get(c, -1) for c in yv])
+    gen = torch.Generator().manual_seed(params.seed)
+    best, best_state, best_epoch, stale = (-1.0, float("inf")), None, 0, 0
+    for epoch in range(1, p.max_epochs + 1):
+        model.train()
+        for batch in torch.randperm(len(yt), generator=gen).split(p.batch_size):
+            loss = nn.functional.cross_entropy(model(xt[batch]), yt[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            logits = model(xvt)
+            acc = float((logits.argmax(1) == yvt).float().mean())
+            known = yvt >= 0
+            vloss = float(nn.functional.cross_entropy(logits[known], yvt[known])) if known.any() else 0.0
+        if (acc, -vloss) > (best[0], -best[1]):
+            best, best_epoch, stale = (acc, vloss), epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= p.patience:
+                break
+    model.load_state_dict(best_state)
+    log(f"head: mlp kept epoch {best_epoch} of {epoch} (val acc {best[0]:.3f}, val loss {best[1]:.3f})")
+    return module_to_head(model, init)
