@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.export import _split_images, build_classifier  # noqa: E402
-from tasks.head import LinearHead  # noqa: E402
+from tasks.head import Head  # noqa: E402
 from tasks.onnx_model import OnnxClassifier  # noqa: E402
 from tasks.params import load_params  # noqa: E402
 from tasks.paths import default_paths  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
     params, paths = load_params(), default_paths()
     images, _ = _split_images(params, paths, "test", args.images)
     calib, _ = _split_images(params, paths, "train", params.export.int8_calibration_images)
-    model = build_classifier(params, LinearHead.load(paths.head))
+    model = build_classifier(params, Head.load(paths.head))
     torch.set_num_threads(2)
 
     def torch_run(x):

@@ -6,20 +6,23 @@ Export, the fine-tune stage and benchmarks build the model here, so there is one
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import torch
-
-from tasks.backbones import ImageModel, build_backbone
 from tasks.errors import UserError
 from tasks.head import Head
-from tasks.head_module import HeadModule
 from tasks.params import Params
 from tasks.paths import ProjectPaths
+
+if TYPE_CHECKING:  # torch is imported only when a model is built: evaluate and the model card read summaries only
+    from tasks.backbones import ImageModel
 
 
 def build_classifier(params: Params, head: Head, state: dict | None = None) -> ImageModel:
     """uint8 NHWC -> (logits, probs): the params' backbone with `head` (as a HeadModule) on top, in eval mode; with
     `state`, the weights of a fine-tuned ImageModel are loaded over it."""
+    from tasks.backbones import ImageModel, build_backbone
+    from tasks.head_module import HeadModule
+
     loaded = build_backbone(params.backbone, params.seed)
     model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(head))
     if state is not None:
@@ -41,6 +44,8 @@ def shipped_state(paths: ProjectPaths) -> dict | None:
     if not f.exists():
         raise UserError(f"{paths.finetune / 'summary.json'} says the fine-tuned model was kept, but {f} is missing; "
                         f"re-run the finetune stage")
+    import torch
+
     return torch.load(f, map_location="cpu", weights_only=True)
 
 

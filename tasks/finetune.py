@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -94,8 +95,8 @@ def _device_and_amp(p):
         amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
     if amp == "fp16" and not cuda:
         raise UserError("finetune.amp=fp16 needs CUDA; on CPU use off (or bf16)")
-    if not cuda:
-        torch.set_num_threads(resolve_threads(p.threads))
+    if not cuda:  # 0: one thread per core, or OMP_NUM_THREADS when the user set it (e.g. to share the machine)
+        torch.set_num_threads(resolve_threads(p.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)))
     return device, amp
 
 
@@ -228,7 +229,7 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                loss_sum += float(loss) * len(idx)
+                loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
                 seen += len(idx)
                 bar.update(len(idx))

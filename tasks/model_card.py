@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from tasks.atomic import atomic_write_text
+from tasks.classifier import finetune_summary
 from tasks.ingest import read_rejected
 from tasks.params import Params
 from tasks.paths import ProjectPaths
@@ -20,6 +21,14 @@ def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame
     n_rejected = len(read_rejected(paths))
     export = json.loads((paths.metrics / "export.json").read_text()) if (paths.metrics / "export.json").exists() else {}
     ident = feature_identity(params.backbone, params.seed)
+    tuned = finetune_summary(paths)
+    if tuned.get("kept") == "finetuned":
+        training = (f"then fine-tuned end to end ({tuned['strategy']}, {tuned['init']} init; epoch "
+                    f"{tuned['best_epoch']} kept: {tuned['reason']}; curves in `models/finetune/curves.png`)")
+    elif tuned.get("strategy", "none") != "none":
+        training = f"trained on frozen features (fine-tuning ({tuned['strategy']}) ran, but {tuned['reason']})"
+    else:
+        training = "trained on frozen features"
     size = params.backbone.input_size
     rows = "\n".join(f"| {c} | {r.train} | {r.val} | {r.test} | {per_class[c]['precision']:.3f} | "
                      f"{per_class[c]['recall']:.3f} | {per_class[c]['f1-score']:.3f} |"
@@ -34,7 +43,7 @@ def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame
 An image classifier over {len(per_class)} classes: {", ".join(per_class)}.
 Backbone `{ident['backbone']}` ({ident['arch']}, weights {ident['weights'][:16]}…, pretrained on ImageNet-1k unless
 `backbone.weights` says otherwise), pooled features (`{ident['layer']}`), and a {params.head.type} head
-(C={params.head.C}, class weights {params.head.class_weight}) trained on frozen features.
+(C={params.head.C}, class weights {params.head.class_weight}) {training}.
 
 ## Input and output
 `models/model.onnx` takes `images`: uint8 RGB NHWC `(batch, {size}, {size}, 3)`; resize on the client with

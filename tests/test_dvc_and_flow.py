@@ -22,7 +22,7 @@ def dvc_project(tmp_path_factory, clipart_raw):
 def test_dvc_repro_twice_second_run_executes_nothing(dvc_project):
     root = dvc_project.root
     first = run([sys.executable, "-m", "dvc", "repro"], root)
-    for stage in ("ingest", "features", "head", "evaluate", "export"):
+    for stage in ("ingest", "features", "head", "finetune", "evaluate", "export"):
         assert f"Running stage '{stage}'" in first.stdout
     assert dvc_project.onnx.exists()
     second = run([sys.executable, "-m", "dvc", "repro"], root)
@@ -40,6 +40,19 @@ def test_dvc_exp_run_with_a_head_param_reuses_features(dvc_project):
     assert "Running stage 'features'" not in proc.stdout  # only the head and what follows it re-run
     show = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root).stdout)
     assert "0.02" in json.dumps(show)
+
+
+def test_dvc_exp_run_selects_a_finetune_strategy(dvc_project):
+    root = dvc_project.root
+    proc = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.strategy=freeze", "-S",
+                "finetune.epochs=1"], root)
+    assert "Running stage 'finetune'" in proc.stdout and "Running stage 'export'" in proc.stdout
+    assert "Running stage 'head'" not in proc.stdout and "Running stage 'features'" not in proc.stdout
+    summary = json.loads((dvc_project.finetune / "summary.json").read_text())
+    assert summary["strategy"] == "freeze" and summary["epochs_run"] == 1
+    assert (dvc_project.finetune / "curves.png").stat().st_size > 0
+    plots = run([sys.executable, "-m", "dvc", "plots", "show", "--json", "models/finetune/history.csv"], root)
+    assert "val_accuracy" in plots.stdout
 
 
 def test_prefect_flow_matches_direct_stage_calls_and_leaves_dvc_clean(tmp_path, clipart_raw, built_project,

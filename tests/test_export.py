@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tasks.export import build_classifier
-from tasks.head import LinearHead
+from tasks.head import Head
 from tasks.images import load_uint8
 
 
@@ -22,7 +22,7 @@ from tasks.images import load_uint8
 def exported(built_project):
     paths, params, results = built_project
     session = ort.InferenceSession(str(paths.onnx), providers=["CPUExecutionProvider"])
-    model = build_classifier(params, LinearHead.load(paths.head))
+    model = build_classifier(params, Head.load(paths.head))
     m = pd.read_parquet(paths.manifest)
     test = m[m["split"] == "test"].head(32)
     size, mode = params.backbone.input_size, params.backbone.resize
@@ -67,7 +67,7 @@ def test_onnx_model_reproduces_the_head_on_cached_features(built_project, export
 
     m = pd.read_parquet(paths.manifest)
     test = m[m["split"] == "test"].head(32)
-    head = LinearHead.load(paths.head)
+    head = Head.load(paths.head)
     expected = head.probs(open_store(params, paths).get(test["sha256"].tolist()))
     probs = session.run(["probs"], {"images": images})[0]
     assert np.abs(probs - expected).max() <= 1e-4
@@ -83,7 +83,7 @@ def test_metadata_round_trip(exported):
     expected_hash = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     assert meta["headstart.params_sha256"] == expected_hash
     assert json.loads(meta["headstart.backbone"])["backbone"] == params.backbone.name
-    assert meta["headstart.fingerprint"] == LinearHead.load(paths.head).fingerprint
+    assert meta["headstart.fingerprint"] == Head.load(paths.head).fingerprint
     assert dt.datetime.fromisoformat(meta["headstart.created_at"]).tzinfo is not None
     head_info = json.loads((paths.models / "head.json").read_text())
     assert json.loads(meta["headstart.metrics"])["val_accuracy"] == pytest.approx(head_info["val_accuracy"])

@@ -7,7 +7,7 @@ import pytest
 from sklearn.svm import LinearSVC
 
 from tasks.errors import UserError
-from tasks.head import LinearHead, choose_c, fit_logreg, split_features
+from tasks.head import choose_c, fit_linear, split_features
 from tests.conftest import project_params
 
 
@@ -25,27 +25,26 @@ def test_c_auto_is_chosen_from_the_grid_by_cross_validation(train_features):
     best, scores = choose_c((x - x.mean(0)) / (x.std(0) + 1e-12), y, params)
     assert set(scores) == {0.01, 0.1, 1.0} and best in scores
     assert scores[best] == max(scores.values())
-    weight, bias, classes = fit_logreg(x, y, params)
-    head = LinearHead(weight, bias, classes, fp)
-    assert (np.array(classes)[head.logits(xv).argmax(1)] == yv).mean() > 0.5
+    head = fit_linear(x, y, params, fp)
+    assert (np.array(head.classes)[head.logits(xv).argmax(1)] == yv).mean() > 0.5
 
 
 def test_linear_svm_head_is_exactly_a_linear_layer(train_features):
     paths, x, y, xv, yv, fp = train_features
     params = project_params(paths, ["head.type=linear_svm", "head.C=0.01", "head.standardize=false"])
-    weight, bias, classes = fit_logreg(x, y, params)
+    head = fit_linear(x, y, params, fp)
     svm = LinearSVC(C=0.01, max_iter=params.head.max_iter * 5, random_state=params.seed).fit(x, y)
-    head = LinearHead(weight, bias, classes, fp)
+    assert len(head.layers) == 1
     assert np.allclose(head.logits(xv), svm.decision_function(xv), atol=1e-6)
-    assert (np.array(classes)[head.logits(xv).argmax(1)] == svm.predict(xv)).all()
+    assert (np.array(head.classes)[head.logits(xv).argmax(1)] == svm.predict(xv)).all()
 
 
 def test_explicit_class_weights_shift_the_decision_and_unknown_classes_are_named(train_features):
     paths, x, y, xv, yv, fp = train_features
-    plain = fit_logreg(x, y, project_params(paths))
-    heavy = fit_logreg(x, y, project_params(paths, ["head.class_weight={tools: 20}"]))
-    tools = plain[2].index("tools")
-    share = [(LinearHead(w, b, c, fp).logits(xv).argmax(1) == tools).mean() for w, b, c in (plain, heavy)]
+    plain = fit_linear(x, y, project_params(paths))
+    heavy = fit_linear(x, y, project_params(paths, ["head.class_weight={tools: 20}"]))
+    tools = plain.classes.index("tools")
+    share = [(h.logits(xv).argmax(1) == tools).mean() for h in (plain, heavy)]
     assert share[1] > share[0]  # weighting a class up makes the head predict it more often
     with pytest.raises(UserError, match="head.class_weight: 'dragons' is not a class"):
-        fit_logreg(x, y, project_params(paths, ["head.class_weight={dragons: 2}"]))
+        fit_linear(x, y, project_params(paths, ["head.class_weight={dragons: 2}"]))
