@@ -35,18 +35,17 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
 
 from tasks.backbones import ImageModel, build_backbone  # noqa: E402
 from tasks.errors import UserError, exit_on_user_error  # noqa: E402
 from tasks.freezing import apply_depth, backbone_units, param_groups, set_train_modes  # noqa: E402
 from tasks.images import load_known  # noqa: E402
-from tasks.params import BackboneParams, FinetuneParams  # noqa: E402
+from tasks.params import AugmentParams, BackboneParams, FinetuneParams  # noqa: E402
+from tasks.training import make_augment  # noqa: E402
 
 
 def _augment(size: int):
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       v2.ColorJitter(0.1, 0.1, 0.1)])
+    return make_augment(AugmentParams(), size)  # the stage's default augmentation
 
 
 class FileDataset(torch.utils.data.Dataset):

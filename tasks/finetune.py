@@ -21,10 +21,8 @@ state dict) when the fine-tuned model was kept. Export and evaluate pick it up f
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ from tasks.errors import UserError
 from tasks.ingest import read_manifest
 from tasks.params import Params
 from tasks.paths import ProjectPaths, default_paths
-from tasks.progress import Progress, log
+from tasks.progress import log
 from tasks.stage_cli import run_stage_cli
 
 FIT_SAMPLE = 256  # train images scored without augmentation after every epoch (the "train sample" loss)
@@ -81,29 +79,8 @@ def run_finetune(params: Params, paths: ProjectPaths | None = None) -> dict:
     return _train(params, paths)
 
 
-def _device_and_amp(p):
-    import torch
-
-    from tasks.engines import cuda_available, resolve_threads
-
-    cuda = p.device == "cuda" or (p.device == "auto" and cuda_available())
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("finetune.device=cuda but no CUDA device is available; use finetune.device=auto")
-    device = torch.device("cuda" if cuda else "cpu")
-    amp = p.amp
-    if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
-    if amp == "fp16" and not cuda:
-        raise UserError("finetune.amp=fp16 needs CUDA; on CPU use off (or bf16)")
-    if not cuda:  # 0: one thread per core, or OMP_NUM_THREADS when the user set it (e.g. to share the machine)
-        torch.set_num_threads(resolve_threads(p.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)))
-    return device, amp
-
-
 def _train(params: Params, paths: ProjectPaths) -> dict:
     import torch
-    from torch.nn import functional as F
-    from torchvision.transforms import v2
 
     from tasks.backbones import ImageModel, build_backbone
     from tasks.curves import plot_curves
@@ -113,11 +90,12 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
     from tasks.head_module import HeadModule, random_like
     from tasks.pixel_cache import prune, split_pixels
     from tasks.train_state import load_checkpoint, restore_rng, rng_states, save_checkpoint
+    from tasks.training import autocast_for, make_augment, resolve_device_and_amp, score, train_pass
 
     t_start = time.perf_counter()
     p = params.finetune
     out, ckpt_dir = paths.finetune, paths.checkpoints / "finetune"
-    device, amp = _device_and_amp(p)
+    device, amp = resolve_device_and_amp(p)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
     probe = Head.load(paths.head)
@@ -152,26 +130,11 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
     total, warmup = p.epochs * steps_per_epoch, int(round(p.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)) \
-        if amp != "off" else contextlib.nullcontext
-
-    augment = v2.Compose([t for t in (
-        v2.RandomResizedCrop(size, scale=(p.augment.crop_scale, 1.0), antialias=True) if p.augment.crop_scale < 1 else None,
-        v2.RandomHorizontalFlip() if p.augment.flip else None,
-        v2.ColorJitter(p.augment.color_jitter, p.augment.color_jitter, p.augment.color_jitter)
-        if p.augment.color_jitter else None) if t is not None])
+    autocast = autocast_for(device, amp)
+    augment = make_augment(p.augment, size)
 
     def evaluate(images, labels, mdl) -> tuple[float, float]:
-        mdl.eval()
-        loss_sum, correct = 0.0, 0
-        with torch.inference_mode(), autocast():
-            for s in range(0, len(labels), 128):
-                xb = torch.from_numpy(np.ascontiguousarray(images[s : s + 128])).to(device)
-                logits = mdl(xb)[0].float()
-                yb = labels[s : s + 128].to(device)
-                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-                correct += int((logits.argmax(1) == yb).sum())
-        return loss_sum / len(labels), correct / len(labels)
+        return score(mdl, images, labels, device, autocast)
 
     identity = _identity(params, paths, rows)
     last_ckpt, best_ckpt = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -214,29 +177,12 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         set_train_modes(model, units, depth, p.bn)
         torch.manual_seed(params.seed * 100_003 + epoch)  # shuffling, augmentation, dropout: a function of the epoch
         order = torch.randperm(len(train_rows))
-        loss_sum, correct, seen = 0.0, 0, 0
-        with Progress(len(order), f"finetune: epoch {epoch}/{p.epochs}") as bar:
-            for batch in order.split(p.batch_size):
-                idx = np.sort(batch.numpy())
-                pixels = torch.from_numpy(np.ascontiguousarray(x_train[idx])).permute(0, 3, 1, 2)
-                xb = torch.stack([augment(img) for img in pixels]).permute(0, 2, 3, 1).to(device)
-                yb = y_train[idx].to(device)
-                with autocast():
-                    logits = forward(xb)[0].float()
-                    loss = F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(idx)
-                bar.update(len(idx))
+        train_loss, train_acc = train_pass(forward, opt, sched, scaler, x_train, y_train, order, p, augment, device,
+                                           autocast, f"finetune: epoch {epoch}/{p.epochs}")
         vloss, vacc = evaluate(x_val, y_val, model)
         floss, _ = evaluate(x_train[fit_idx], y_train[fit_idx], model)
         row = {"epoch": epoch, "depth": depth, "lr_head": opt.param_groups[0]["initial_lr"],
-               "train_loss": loss_sum / seen, "train_accuracy": correct / seen, "fit_loss": floss,
+               "train_loss": train_loss, "train_accuracy": train_acc, "fit_loss": floss,
                "val_loss": vloss, "val_accuracy": vacc, "seconds": time.perf_counter() - t0}
         history.append(row)
         improved = (vacc, -vloss) > (best["val_accuracy"], -best["val_loss"])
