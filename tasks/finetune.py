@@ -8,7 +8,7 @@ crop / flip / colour jitter on uint8 images through the same ImageModel (normali
 The frozen head is scored on val as epoch 0. After each epoch the model is scored on val; the best epoch (val accuracy,
 ties: val loss) is kept, and the stage says which one and why. If no epoch beats epoch 0 the head on frozen features
 ships: fine-tuning never delivers a model worse than the head on validation. Training stops after `finetune.patience`
-epochs without improvement.
+epochs without a better fine-tuned epoch.
 
 Every epoch ends with an atomic checkpoint in `models/checkpoints/finetune/` (model, optimizer, scheduler, scaler,
 RNG states, history, identity of settings and data). A run that finds a checkpoint of the same identity continues
@@ -48,6 +48,17 @@ def _identity(params: Params, paths: ProjectPaths, rows: pd.DataFrame) -> str:
     h.update(paths.head.read_bytes())
     h.update("".join(rows["sha256"] + rows["split"] + rows["label"]).encode())
     return h.hexdigest()
+
+
+def _epochs_since_best_tuned(history: list[dict]) -> int:
+    """Epochs run since the best fine-tuned epoch (val accuracy, ties: val loss). Early stopping counts from there,
+    not from epoch 0: LP-FT often dips below the frozen head for an epoch or two and then passes it, and stopping in
+    the dip would waste the run. (Which model ships still compares against epoch 0.)"""
+    tuned = history[1:]
+    if not tuned:
+        return 0
+    best = max(tuned, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+    return tuned[-1]["epoch"] - best["epoch"]
 
 
 def _clear_outputs(out: Path) -> None:
@@ -145,7 +156,7 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         sched.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         restore_rng(resumed["rng"])
-        history, best, start_epoch, stale = resumed["history"], resumed["best"], resumed["epoch"] + 1, resumed["stale"]
+        history, best, start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
         log(f"finetune: resuming after epoch {resumed['epoch']} from {last_ckpt.relative_to(paths.root)} "
             f"(best so far: epoch {best['epoch']}, val acc {best['val_accuracy']:.4f})")
     else:
@@ -159,7 +170,7 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         history = [{"epoch": 0, "depth": 0, "lr_head": 0.0, "train_loss": None, "train_accuracy": None,
                     "fit_loss": floss, "val_loss": vloss, "val_accuracy": vacc, "seconds": 0.0}]
         best = {"epoch": 0, "val_accuracy": vacc, "val_loss": vloss}
-        start_epoch, stale = 1, 0
+        start_epoch = 1
         log(f"finetune: epoch 0 (frozen head): val acc {vacc:.4f}, val loss {vloss:.4f}")
 
     log(f"finetune: {p.strategy} on {len(train_rows)} train / {len(val_rows)} val images at {size}px, "
@@ -168,7 +179,7 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         f"units top-down: {', '.join(units.names)}")
     stopped = "all epochs ran"
     for epoch in range(start_epoch, p.epochs + 1):
-        if stale >= p.patience:
+        if _epochs_since_best_tuned(history) >= p.patience:
             stopped = f"early stop after epoch {epoch - 1}: no better val accuracy for {p.patience} epochs"
             break
         t0 = time.perf_counter()
@@ -187,14 +198,12 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         history.append(row)
         improved = (vacc, -vloss) > (best["val_accuracy"], -best["val_loss"])
         if improved:
-            best, stale = {"epoch": epoch, "val_accuracy": vacc, "val_loss": vloss}, 0
+            best = {"epoch": epoch, "val_accuracy": vacc, "val_loss": vloss}
             save_checkpoint(best_ckpt, {"model": model.state_dict(), "epoch": epoch})
-        else:
-            stale += 1
         save_checkpoint(last_ckpt, {"identity": identity, "epoch": epoch, "model": model.state_dict(),
                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                     "scaler": scaler.state_dict(), "rng": rng_states(), "history": history,
-                                    "best": best, "stale": stale})
+                                    "best": best})
         log(f"finetune: epoch {epoch}/{p.epochs} ({depth}/{len(units)} units training): train loss "
             f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}, val loss {vloss:.4f} acc {vacc:.4f}"
             f"{' (best)' if improved else ''} in {row['seconds']:.0f}s")

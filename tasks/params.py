@@ -134,7 +134,7 @@ class FinetuneParams(_Section):
         "eval", description="eval: every BatchNorm keeps its running statistics (frozen blocks always do); "
                             "train: BatchNorm in unfrozen blocks updates them")
     augment: AugmentParams = Field(default_factory=AugmentParams)
-    patience: int = Field(3, ge=1, description="stop after this many epochs without a better val accuracy")
+    patience: int = Field(3, ge=1, description="stop after this many epochs without a better fine-tuned epoch")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 (else fp16) on CUDA, off on CPU")
     compile: bool = Field(False, description="torch.compile the model (slow first epoch; pays off on long runs)")
