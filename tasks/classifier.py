@@ -36,10 +36,22 @@ def finetune_summary(paths: ProjectPaths) -> dict:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
+def head_sha256(paths: ProjectPaths) -> str:
+    """sha256 of models/head.npz: which head a fine-tuned model started from."""
+    import hashlib
+
+    return hashlib.sha256(paths.head.read_bytes()).hexdigest() if paths.head.exists() else ""
+
+
 def shipped_state(paths: ProjectPaths) -> dict | None:
-    """The fine-tuned weights when the fine-tune stage kept them, else None (the frozen backbone + head ships)."""
-    if finetune_summary(paths).get("kept") != "finetuned":
+    """The fine-tuned weights when the fine-tune stage kept them, else None (the frozen backbone + head ships).
+    Fine-tuned weights that started from another head than models/head.npz are a one-line error."""
+    summary = finetune_summary(paths)
+    if summary.get("kept") != "finetuned":
         return None
+    if summary.get("head_sha256") != head_sha256(paths):
+        raise UserError(f"{paths.finetune / 'model.pt'} was fine-tuned from another head than {paths.head}; "
+                        f"re-run the finetune stage (python -m tasks.finetune)")
     f = paths.finetune / "model.pt"
     if not f.exists():
         raise UserError(f"{paths.finetune / 'summary.json'} says the fine-tuned model was kept, but {f} is missing; "

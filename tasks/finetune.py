@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.atomic import atomic_path, atomic_write_text
+from tasks.classifier import head_sha256
 from tasks.errors import UserError
 from tasks.ingest import read_manifest
 from tasks.params import Params
@@ -43,8 +44,8 @@ FIT_SAMPLE = 256  # train images scored without augmentation after every epoch (
 
 def _identity(params: Params, paths: ProjectPaths, rows: pd.DataFrame) -> str:
     """Hash of everything a checkpoint depends on: the params that shape training, the head and the data."""
-    h = hashlib.sha256(json.dumps({k: params.model_dump(mode="json")[k] for k in ("seed", "backbone", "head",
-                                                                               "finetune")}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({k: params.model_dump(mode="json")[k] for k in ("seed", "backbone", "finetune")},
+                                  sort_keys=True).encode())
     h.update(paths.head.read_bytes())
     h.update("".join(rows["sha256"] + rows["split"] + rows["label"]).encode())
     return h.hexdigest()
@@ -93,7 +94,7 @@ def run_finetune(params: Params, paths: ProjectPaths | None = None) -> dict:
 def _train(params: Params, paths: ProjectPaths) -> dict:
     import torch
 
-    from tasks.backbones import ImageModel, build_backbone
+    from tasks.backbones import ImageModel, build_backbone, feature_fingerprint
     from tasks.curves import plot_curves
     from tasks.freezing import (apply_depth, backbone_units, check_strategy, depth_at, param_groups,
                                 set_train_modes, warmup_cosine)
@@ -101,7 +102,8 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
     from tasks.head_module import HeadModule, random_like
     from tasks.pixel_cache import prune, split_pixels
     from tasks.train_state import load_checkpoint, restore_rng, rng_states, save_checkpoint
-    from tasks.training import autocast_for, make_augment, resolve_device_and_amp, score, train_pass
+    from tasks.training import (autocast_for, batches_per_epoch, make_augment, resolve_device_and_amp, score,
+                                train_pass)
 
     t_start = time.perf_counter()
     p = params.finetune
@@ -110,6 +112,14 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
     probe = Head.load(paths.head)
+    expected = feature_fingerprint(params.backbone, params.seed)
+    if probe.fingerprint != expected:
+        raise UserError(f"{paths.head} was trained on features {probe.fingerprint}, but params select {expected}; "
+                        f"re-run the head stage first")
+    augment = make_augment(p.augment, params.backbone.input_size)
+    loaded = build_backbone(params.backbone, params.seed)
+    units = backbone_units(loaded.model, loaded.blocks)
+    check_strategy(p, units, params.backbone.name)
     manifest = read_manifest(paths)
     rows = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
@@ -123,32 +133,32 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
     x_train = split_pixels(train_rows, paths, size, mode, "finetune: decoding train")
     x_val = split_pixels(val_rows, paths, size, mode, "finetune: decoding val")
     prune(paths, {Path(x_train.filename), Path(x_val.filename)})
-    y_train = torch.as_tensor(train_rows["label"].map(index).to_numpy())
-    y_val = torch.as_tensor(val_rows["label"].map(index).to_numpy())
+    y_train = torch.as_tensor(train_rows["label"].map(index).to_numpy(dtype=np.int64, copy=True))
+    y_val = torch.as_tensor(val_rows["label"].map(index).to_numpy(dtype=np.int64, copy=True))
     fit_idx = np.random.default_rng(params.seed).permutation(len(train_rows))[:FIT_SAMPLE]
     fit_idx.sort()
 
-    loaded = build_backbone(params.backbone, params.seed)
-    units = backbone_units(loaded.model, loaded.blocks)
-    check_strategy(p, units, params.backbone.name)
     model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(probe)).to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if p.compile else model
 
     opt = torch.optim.AdamW(param_groups(model.head, units, p), betas=(0.9, 0.999))
-    steps_per_epoch = max(1, -(-len(train_rows) // p.batch_size))
+    steps_per_epoch = batches_per_epoch(len(train_rows), p.batch_size)
     total, warmup = p.epochs * steps_per_epoch, int(round(p.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     autocast = autocast_for(device, amp)
-    augment = make_augment(p.augment, size)
 
     def evaluate(images, labels, mdl) -> tuple[float, float]:
         return score(mdl, images, labels, device, autocast)
 
     identity = _identity(params, paths, rows)
-    last_ckpt, best_ckpt = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    last_ckpt = ckpt_dir / "last.pt"
+
+    def best_ckpt(epoch: int) -> Path:  # one file per best epoch: a kill between two writes never mislabels one
+        return ckpt_dir / f"best-{epoch:04d}.pt"
+
     resumed = load_checkpoint(last_ckpt, identity)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
@@ -192,18 +202,21 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
                                            autocast, f"finetune: epoch {epoch}/{p.epochs}")
         vloss, vacc = evaluate(x_val, y_val, model)
         floss, _ = evaluate(x_train[fit_idx], y_train[fit_idx], model)
-        row = {"epoch": epoch, "depth": depth, "lr_head": opt.param_groups[0]["initial_lr"],
+        row = {"epoch": epoch, "depth": depth, "lr_head": sched.get_last_lr()[0],
                "train_loss": train_loss, "train_accuracy": train_acc, "fit_loss": floss,
                "val_loss": vloss, "val_accuracy": vacc, "seconds": time.perf_counter() - t0}
         history.append(row)
         improved = (vacc, -vloss) > (best["val_accuracy"], -best["val_loss"])
         if improved:
             best = {"epoch": epoch, "val_accuracy": vacc, "val_loss": vloss}
-            save_checkpoint(best_ckpt, {"model": model.state_dict(), "epoch": epoch})
+            save_checkpoint(best_ckpt(epoch), {"model": model.state_dict(), "epoch": epoch})
         save_checkpoint(last_ckpt, {"identity": identity, "epoch": epoch, "model": model.state_dict(),
                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                     "scaler": scaler.state_dict(), "rng": rng_states(), "history": history,
                                     "best": best})
+        for old in ckpt_dir.glob("best-*.pt"):  # only now that last.pt names the best epoch
+            if old != best_ckpt(best["epoch"]):
+                old.unlink(missing_ok=True)
         log(f"finetune: epoch {epoch}/{p.epochs} ({depth}/{len(units)} units training): train loss "
             f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}, val loss {vloss:.4f} acc {vacc:.4f}"
             f"{' (best)' if improved else ''} in {row['seconds']:.0f}s")
@@ -223,12 +236,13 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         kept = "finetuned"
         reason = (f"epoch {best['epoch']} has the best val accuracy ({best['val_accuracy']:.4f} vs the frozen head's "
                   f"{epoch0['val_accuracy']:.4f})")
-        state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["model"]
+        state = torch.load(best_ckpt(best["epoch"]), map_location="cpu", weights_only=True)["model"]
         with atomic_path(out / "model.pt", suffix=".pt") as tmp:
             torch.save(state, tmp)
     plot_curves(frame, best["epoch"], f"{p.strategy} ({p.init} init): kept epoch {best['epoch']}, val acc "
                                       f"{best['val_accuracy']:.3f}", out / "curves.png")
-    summary = {"strategy": p.strategy, "init": p.init, "kept": kept, "best_epoch": best["epoch"], "best": best,
+    summary = {"strategy": p.strategy, "init": p.init, "kept": kept, "head_sha256": head_sha256(paths),
+               "best_epoch": best["epoch"], "best": best,
                "frozen_head_val_accuracy": epoch0["val_accuracy"], "reason": reason, "stopped": stopped,
                "epochs_run": len(history) - 1, "n_train": int(len(train_rows)), "n_val": int(len(val_rows)),
                "device": device.type, "amp": amp, "threads": torch.get_num_threads(),

@@ -14,7 +14,7 @@ units keeps its running statistics too and trains only its affine parameters; wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -28,12 +28,17 @@ class Units:
 
     modules: list[list[nn.Module]]
     names: list[str]
+    loose: list[nn.Parameter] = field(default_factory=list)  # held by the backbone itself (ViT cls_token, pos_embed)
 
     def __len__(self) -> int:
         return len(self.modules)
 
     def parameters(self, i: int) -> list[nn.Parameter]:
+        """Unit i's parameters; the backbone's own (loose) parameters belong to the bottom unit, with the stem."""
         seen, out = set(), []
+        for p in self.loose if i == len(self.modules) - 1 else []:
+            seen.add(id(p))
+            out.append(p)
         for m in self.modules[i]:
             for p in m.parameters():
                 if id(p) not in seen:
@@ -47,6 +52,7 @@ def backbone_units(backbone: nn.Module, blocks: list[nn.Module]) -> Units:
     block list the whole backbone is one unit."""
     if not blocks:
         return Units([[backbone]], ["backbone"])
+    loose = list(backbone.parameters(recurse=False))
     block_ids = {id(b) for b in blocks}
     container = next((c for c in backbone.children() if any(id(m) in block_ids for m in c.children())), None)
     before, after, seen_blocks = [], [], False
@@ -57,10 +63,10 @@ def backbone_units(backbone: nn.Module, blocks: list[nn.Module]) -> Units:
         (after if seen_blocks else before).append(child)
     units = [[blocks[-1], *after]] + [[b] for b in reversed(blocks[:-1])]
     names = [f"block {len(blocks) - 1} + neck"] + [f"block {i}" for i in range(len(blocks) - 2, -1, -1)]
-    if before:
+    if before or loose:
         units.append(before)
         names.append("stem")
-    return Units(units, names)
+    return Units(units, names, loose)
 
 
 def depth_at(p: FinetuneParams, epoch: int, n_units: int) -> int:
@@ -91,12 +97,17 @@ def apply_depth(units: Units, depth: int) -> None:
 
 
 def set_train_modes(model: nn.Module, units: Units, depth: int, bn: str) -> None:
-    """model.train(), then BatchNorm back to eval where its statistics must not move: every frozen unit, and every
-    unit when `bn == "eval"`."""
+    """model.train(), then eval mode wherever the forward pass must stay what it was: every module of a frozen unit
+    (BatchNorm statistics, and no dropout or stochastic depth on frozen features), the backbone's own forward (its
+    pre-logits dropout) when no unit trains, and BatchNorm of trainable units when `bn == "eval"`."""
     model.train()
+    if depth == 0 and hasattr(model, "backbone"):
+        model.backbone.train(False)
     for i, unit in enumerate(units.modules):
-        if bn == "eval" or i >= depth:
-            for m in unit:
+        for m in unit:
+            if i >= depth:
+                m.eval()
+            elif bn == "eval":
                 for sub in m.modules():
                     if isinstance(sub, nn.modules.batchnorm._BatchNorm):
                         sub.eval()

@@ -109,6 +109,7 @@ def split_features(params: Params, paths: ProjectPaths, split: str):
 
 
 def _class_weight(h, classes: set[str]):
+    """None, 'balanced' or {class: weight} from head.class_weight; unknown classes are a one-line error."""
     if h.class_weight == "none":
         return None
     if h.class_weight == "balanced":

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.errors import UserError
 from tasks.head import Head
 from tasks.params import Params
 from tasks.progress import log
@@ -67,14 +68,18 @@ def _holdout(y: np.ndarray, seed: int, share: float = 0.1) -> np.ndarray:
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params: Params, fingerprint: str) -> Head:
-    """Train a one-hidden-layer MLP on standardised features with AdamW; keep the epoch with the best val accuracy
+    """Train a one-hidden-layer MLP on standardised features with AdamW (class-weighted cross-entropy per
+    head.class_weight); keep the epoch with the best val accuracy
     (ties: lower val loss) and stop after `head.mlp.patience` epochs without one. Without val rows, a stratified
     10 % of train is held out for this. Deterministic for a given seed (CPU)."""
-    from tasks.head import standardisation
+    from tasks.head import _class_weight, standardisation
 
     p = params.head.mlp
     if not len(yv):
         held = _holdout(y, params.seed)
+        if not held.any():
+            raise UserError("head.type=mlp needs a val split (ingest.val_fraction > 0) or at least 2 train images in "
+                            "some class to hold out for early stopping")
         x, y, xv, yv = x[~held], y[~held], x[held], y[held]
         log(f"head: no val split; holding out {held.sum()} train images for early stopping")
     classes = sorted(set(y))
@@ -89,6 +94,11 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params
     model = HeadModule(init, dropout=p.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor([index[c] for c in y])
+    weight = _class_weight(params.head, set(classes))
+    if weight == "balanced":  # as scikit-learn: n / (classes * count)
+        counts = np.bincount(yt.numpy(), minlength=len(classes))
+        weight = {c: len(y) / (len(classes) * max(1, counts[i])) for i, c in enumerate(classes)}
+    class_w = torch.as_tensor([weight[c] for c in classes], dtype=torch.float32) if weight else None
     xvt = torch.as_tensor(xv, dtype=torch.float32)
     yvt = torch.as_tensor([index.get(c, -1) for c in yv])
     gen = torch.Generator().manual_seed(params.seed)
@@ -96,7 +106,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params
     for epoch in range(1, p.max_epochs + 1):
         model.train()
         for batch in torch.randperm(len(yt), generator=gen).split(p.batch_size):
-            loss = nn.functional.cross_entropy(model(xt[batch]), yt[batch])
+            loss = nn.functional.cross_entropy(model(xt[batch]), yt[batch], weight=class_w)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -23,8 +23,11 @@ from tasks.progress import Progress
 
 
 def cache_key(sha256s: list[str], size: int, mode: str) -> str:
-    """Content key of a pixel array: which images, in which order, at which size and resize mode."""
-    h = hashlib.sha256(f"{size}:{mode}:".encode())
+    """Content key of a pixel array: which images, in which order, at which size and resize mode, decoded by which
+    version of tasks/images.py (a changed decoder must not train on pixels serving will not see)."""
+    from tasks import images
+
+    h = hashlib.sha256(f"{size}:{mode}:".encode() + hashlib.sha256(Path(images.__file__).read_bytes()).digest())
     for s in sha256s:
         h.update(s.encode())
     return h.hexdigest()[:24]

@@ -55,7 +55,7 @@ def make_augment(a: AugmentParams, size: int) -> v2.Compose:
         steps.append(v2.RandomHorizontalFlip())
     if a.color_jitter:
         steps.append(v2.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter))
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()
 
 
 def score(model, images: np.ndarray, labels: torch.Tensor, device: torch.device, autocast,
@@ -73,13 +73,28 @@ def score(model, images: np.ndarray, labels: torch.Tensor, device: torch.device,
     return loss_sum / len(labels), correct / len(labels)
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps per pass over n images (a last batch of one image joins the batch before it)."""
+    full, rest = divmod(n, batch_size)
+    return max(1, full + (1 if rest > 1 or (rest == 1 and full == 0) else 0))
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`order` in batches; a last batch of one image joins the one before (BatchNorm in train mode cannot normalise
+    a single sample)."""
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 def train_pass(forward, opt, sched, scaler, images: np.ndarray, labels: torch.Tensor, order: torch.Tensor,
                p: FinetuneParams, augment, device: torch.device, autocast, desc: str) -> tuple[float, float]:
     """One pass over `images` in `order` (batches of p.batch_size, augmented), stepping optimizer and scheduler per
     batch; returns the running (loss, accuracy) over the pass. The caller sets train/eval modes beforehand."""
     loss_sum, correct, seen = 0.0, 0, 0
     with Progress(len(order), desc) as bar:
-        for batch in order.split(p.batch_size):
+        for batch in _batches(order, p.batch_size):
             idx = np.sort(batch.numpy())  # sorted: sequential reads from the memory-mapped pixel cache
             pixels = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2)
             xb = torch.stack([augment(img) for img in pixels]).permute(0, 2, 3, 1).to(device)

@@ -69,6 +69,7 @@ def test_frozen_blocks_keep_bn_statistics_and_weights(ft_project, bn):
     weights = [[q.detach().clone() for q in units.parameters(i)] for i in range(len(units))]
     apply_depth(units, 2)
     set_train_modes(model, units, 2, bn)
+    assert not any(m.training for u in units.modules[2:] for top in u for m in top.modules())  # no dropout either
     opt = torch.optim.AdamW(param_groups(model.head, units, params.finetune), lr=1e-3)
     for batch in torch.arange(64).split(16):
         loss = torch.nn.functional.cross_entropy(model(x[batch])[0], y[batch])
@@ -146,11 +147,14 @@ def test_a_finetune_that_hurts_ships_the_frozen_head(ft_project, tmp_path):
     assert np.abs(onnx_probs - Head.load(paths.head).probs(xv)).max() < 1e-3  # the shipped model is the probe
 
 
-def test_block_strategies_need_a_block_list_and_a_pooled_layer(ft_project):
+def test_finetune_user_mistakes_are_one_line_errors(ft_project):
     from tasks.finetune import run_finetune
 
     params = project_params(ft_project, ["finetune.strategy=last_n", "backbone.layer=blocks.4"])
     with pytest.raises(UserError, match="needs backbone.layer=pooled"):
+        run_finetune(params, ft_project)
+    params = project_params(ft_project, ["finetune.strategy=full", "backbone.input_size=64"])
+    with pytest.raises(UserError, match="re-run the head stage first"):  # the head was fitted on 96 px features
         run_finetune(params, ft_project)
 
 
