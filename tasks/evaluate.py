@@ -86,9 +86,7 @@ def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str)
     """Probabilities of `rows` from the chosen artifact, and a description of what was scored."""
     if artifact == "head":
         store = open_store(params, paths)
-        if head.fingerprint != store.fingerprint:
-            raise UserError(f"{paths.head} was trained on features {head.fingerprint}, but params select "
-                            f"{store.fingerprint}; re-run the head stage")
+        head.require_features(store.fingerprint, paths.head)
         return head.probs(store.get(rows["sha256"].tolist())), f"{paths.head.name} on cached features"
     onnx_path = paths.onnx if artifact == "onnx" else paths.models / "int8" / "model.onnx"
     clf = OnnxClassifier(onnx_path)

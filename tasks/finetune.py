@@ -51,15 +51,19 @@ def _identity(params: Params, paths: ProjectPaths, rows: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def _best(rows: list[dict]) -> dict:
+    """{epoch, val_accuracy, val_loss} of the best history row: highest val accuracy, ties to the lower val loss,
+    then to the earlier epoch."""
+    top = max(rows, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+    return {k: top[k] for k in ("epoch", "val_accuracy", "val_loss")}
+
+
 def _epochs_since_best_tuned(history: list[dict]) -> int:
-    """Epochs run since the best fine-tuned epoch (val accuracy, ties: val loss). Early stopping counts from there,
-    not from epoch 0: LP-FT often dips below the frozen head for an epoch or two and then passes it, and stopping in
-    the dip would waste the run. (Which model ships still compares against epoch 0.)"""
+    """Epochs run since the best fine-tuned epoch. Early stopping counts from there, not from epoch 0: LP-FT often
+    dips below the frozen head for an epoch or two and then passes it, and stopping in the dip would waste the run.
+    (Which model ships still compares against epoch 0.)"""
     tuned = history[1:]
-    if not tuned:
-        return 0
-    best = max(tuned, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
-    return tuned[-1]["epoch"] - best["epoch"]
+    return tuned[-1]["epoch"] - _best(tuned)["epoch"] if tuned else 0
 
 
 def _clear_outputs(out: Path) -> None:
@@ -112,10 +116,7 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
     probe = Head.load(paths.head)
-    expected = feature_fingerprint(params.backbone, params.seed)
-    if probe.fingerprint != expected:
-        raise UserError(f"{paths.head} was trained on features {probe.fingerprint}, but params select {expected}; "
-                        f"re-run the head stage first")
+    probe.require_features(feature_fingerprint(params.backbone, params.seed), paths.head)
     augment = make_augment(p.augment, params.backbone.input_size)
     loaded = build_backbone(params.backbone, params.seed)
     units = backbone_units(loaded.model, loaded.blocks)
@@ -166,7 +167,8 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         sched.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         restore_rng(resumed["rng"])
-        history, best, start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
+        history, start_epoch = resumed["history"], resumed["epoch"] + 1
+        best = _best(history)
         log(f"finetune: resuming after epoch {resumed['epoch']} from {last_ckpt.relative_to(paths.root)} "
             f"(best so far: epoch {best['epoch']}, val acc {best['val_accuracy']:.4f})")
     else:
@@ -179,7 +181,6 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
             model.head.load_state_dict(HeadModule(random_like(probe, params.seed)).to(device).state_dict())
         history = [{"epoch": 0, "depth": 0, "lr_head": 0.0, "train_loss": None, "train_accuracy": None,
                     "fit_loss": floss, "val_loss": vloss, "val_accuracy": vacc, "seconds": 0.0}]
-        best = {"epoch": 0, "val_accuracy": vacc, "val_loss": vloss}
         start_epoch = 1
         log(f"finetune: epoch 0 (frozen head): val acc {vacc:.4f}, val loss {vloss:.4f}")
 
@@ -206,21 +207,20 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
                "train_loss": train_loss, "train_accuracy": train_acc, "fit_loss": floss,
                "val_loss": vloss, "val_accuracy": vacc, "seconds": time.perf_counter() - t0}
         history.append(row)
-        improved = (vacc, -vloss) > (best["val_accuracy"], -best["val_loss"])
+        improved = _best(history)["epoch"] == epoch
         if improved:
-            best = {"epoch": epoch, "val_accuracy": vacc, "val_loss": vloss}
             save_checkpoint(best_ckpt(epoch), {"model": model.state_dict(), "epoch": epoch})
         save_checkpoint(last_ckpt, {"identity": identity, "epoch": epoch, "model": model.state_dict(),
                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "scaler": scaler.state_dict(), "rng": rng_states(), "history": history,
-                                    "best": best})
-        for old in ckpt_dir.glob("best-*.pt"):  # only now that last.pt names the best epoch
-            if old != best_ckpt(best["epoch"]):
+                                    "scaler": scaler.state_dict(), "rng": rng_states(), "history": history})
+        for old in ckpt_dir.glob("best-*.pt"):  # only now that last.pt (its history) names the best epoch
+            if old != best_ckpt(_best(history)["epoch"]):
                 old.unlink(missing_ok=True)
         log(f"finetune: epoch {epoch}/{p.epochs} ({depth}/{len(units)} units training): train loss "
             f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}, val loss {vloss:.4f} acc {vacc:.4f}"
             f"{' (best)' if improved else ''} in {row['seconds']:.0f}s")
 
+    best = _best(history)
     out.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out)
     frame = pd.DataFrame(history)

@@ -48,6 +48,12 @@ class Head:
         self.mean = np.zeros(d) if self.mean is None else np.asarray(self.mean)
         self.scale = np.ones(d) if self.scale is None else np.asarray(self.scale)
 
+    def require_features(self, fingerprint: str, path) -> None:
+        """One-line UserError unless this head was fitted on features with `fingerprint` (what params select)."""
+        if self.fingerprint != fingerprint:
+            raise UserError(f"{path} was trained on features {self.fingerprint}, but params select {fingerprint}; "
+                            f"re-run the head stage first")
+
     @property
     def feature_dim(self) -> int:
         return int(self.layers[0][0].shape[1])
@@ -108,7 +114,7 @@ def split_features(params: Params, paths: ProjectPaths, split: str):
     return store.get(rows["sha256"].tolist()), rows["label"].to_numpy(), rows, store.fingerprint
 
 
-def _class_weight(h, classes: set[str]):
+def class_weights(h, classes: set[str]):
     """None, 'balanced' or {class: weight} from head.class_weight; unknown classes are a one-line error."""
     if h.class_weight == "none":
         return None
@@ -122,7 +128,7 @@ def _class_weight(h, classes: set[str]):
 
 def _estimator(params: Params, c: float, y: np.ndarray):
     h = params.head
-    weight = _class_weight(h, set(y))
+    weight = class_weights(h, set(y))
     if h.type == "linear_svm":
         return LinearSVC(C=c, max_iter=h.max_iter * 5, class_weight=weight, random_state=params.seed)
     return LogisticRegression(C=c, max_iter=h.max_iter, class_weight=weight, random_state=params.seed)

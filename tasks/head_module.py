@@ -46,13 +46,19 @@ def module_to_head(module: HeadModule, like: Head) -> Head:
                 1.0 / module.inv_scale.cpu().double().numpy(), like.kind)
 
 
-def random_like(head: Head, seed: int) -> Head:
-    """A head of the same shape with PyTorch's default (Kaiming-uniform) initialisation: fine-tuning's `init: random`."""
+def fresh_layers(shapes: list[tuple[int, int]], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight, bias) of new nn.Linear(d_in, d_out) layers in order, with PyTorch's default initialisation, seeded."""
     torch.manual_seed(seed)
     layers = []
-    for w, _ in head.layers:
-        fresh = nn.Linear(w.shape[1], w.shape[0])
+    for d_in, d_out in shapes:
+        fresh = nn.Linear(d_in, d_out)
         layers.append((fresh.weight.detach().double().numpy(), fresh.bias.detach().double().numpy()))
+    return layers
+
+
+def random_like(head: Head, seed: int) -> Head:
+    """A head of the same shape, freshly initialised: fine-tuning's `init: random`."""
+    layers = fresh_layers([(w.shape[1], w.shape[0]) for w, _ in head.layers], seed)
     return Head(layers, head.classes, head.fingerprint, head.mean, head.scale, head.kind)
 
 
@@ -72,7 +78,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params
     head.class_weight); keep the epoch with the best val accuracy
     (ties: lower val loss) and stop after `head.mlp.patience` epochs without one. Without val rows, a stratified
     10 % of train is held out for this. Deterministic for a given seed (CPU)."""
-    from tasks.head import _class_weight, standardisation
+    from tasks.head import class_weights, standardisation
 
     p = params.head.mlp
     if not len(yv):
@@ -85,16 +91,12 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, params
     classes = sorted(set(y))
     index = {c: i for i, c in enumerate(classes)}
     mu, sigma = standardisation(x, params)
-    torch.manual_seed(params.seed)
-    hidden = nn.Linear(x.shape[1], p.hidden)
-    out = nn.Linear(p.hidden, len(classes))
-    init = Head([(hidden.weight.detach().double().numpy(), hidden.bias.detach().double().numpy()),
-                 (out.weight.detach().double().numpy(), out.bias.detach().double().numpy())],
-                classes, fingerprint, mu, sigma, "mlp")
+    init = Head(fresh_layers([(x.shape[1], p.hidden), (p.hidden, len(classes))], params.seed), classes, fingerprint,
+                mu, sigma, "mlp")
     model = HeadModule(init, dropout=p.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor([index[c] for c in y])
-    weight = _class_weight(params.head, set(classes))
+    weight = class_weights(params.head, set(classes))
     if weight == "balanced":  # as scikit-learn: n / (classes * count)
         counts = np.bincount(yt.numpy(), minlength=len(classes))
         weight = {c: len(y) / (len(classes) * max(1, counts[i])) for i, c in enumerate(classes)}
