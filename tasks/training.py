@@ -65,7 +65,7 @@ def score(model, images: np.ndarray, labels: torch.Tensor, device: torch.device,
     loss_sum, correct = 0.0, 0
     with torch.inference_mode(), autocast():
         for s in range(0, len(labels), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).to(device)
+            xb = torch.from_numpy(np.array(images[s : s + batch_size])).to(device)  # a copy: the cache is read-only
             logits = model(xb)[0].float()
             yb = labels[s : s + batch_size].to(device)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
