@@ -65,12 +65,10 @@ class FileDataset(torch.utils.data.Dataset):
 def _model(size: int, classes: int, channels_last: bool):
     p = FinetuneParams(strategy="last_n", last_n=3)
     loaded = build_backbone(BackboneParams(input_size=size))
-    head = torch.nn.Linear(loaded.feature_dim, classes)
     from tasks.head import Head
-    from tasks.head_module import HeadModule
+    from tasks.head_module import HeadModule, fresh_layers
 
-    h = Head([(head.weight.detach().double().numpy(), head.bias.detach().double().numpy())], [str(i) for i in
-             range(classes)], "")
+    h = Head(fresh_layers([(loaded.feature_dim, classes)], seed=0), [str(i) for i in range(classes)], "")
     model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(h))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -38,9 +38,9 @@ def finetune_summary(paths: ProjectPaths) -> dict:
 
 def head_sha256(paths: ProjectPaths) -> str:
     """sha256 of models/head.npz: which head a fine-tuned model started from."""
-    import hashlib
+    from tasks.registry import sha256_file
 
-    return hashlib.sha256(paths.head.read_bytes()).hexdigest() if paths.head.exists() else ""
+    return sha256_file(paths.head) if paths.head.exists() else ""
 
 
 def shipped_state(paths: ProjectPaths) -> dict | None:
