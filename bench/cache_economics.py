@@ -1,6 +1,6 @@
 """Benchmark 3: what the feature cache saves.
 
-On the clip-art demo set (data/raw, from `headstart demo` or `python -m tasks.demo_data`), in a scratch project:
+On the clip-art demo set (data/raw, from `headstart demo` or `python -m tasks.dataset.clipart_demo`), in a scratch project:
   1. cold:        90 % of the images, empty caches, every stage (ingest -> export);
   2. head change: the same, with head.C changed (features all cache hits);
   3. +10 % data:  the held-out 10 % added (features extracted for the new images only).
@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 t_start = time.perf_counter()
-from tasks.params import load_params
-from tasks.paths import ProjectPaths
-from flows.train import STAGE_FUNCTIONS, STAGES
+from tasks.core.params import load_params
+from tasks.core.paths import ProjectPaths
+from tasks.core.stages import STAGES, stage_function
 root = sys.argv[1]
 params = load_params(root + "/params.yaml", sys.argv[2:])
 paths = ProjectPaths(__import__("pathlib").Path(root))
@@ -38,7 +38,7 @@ times = {"imports": time.perf_counter() - t_start}
 out = {}
 for name in STAGES:
     t0 = time.perf_counter()
-    out[name] = STAGE_FUNCTIONS[name](params, paths)
+    out[name] = stage_function(name)(params, paths)
     times[name] = time.perf_counter() - t0
 times["total"] = time.perf_counter() - t_start
 print(json.dumps({"times": times, "extracted": out["features"].extracted, "hits": out["features"].cache_hits,
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=REPO / "data" / "raw")
     args = ap.parse_args()
     if not args.raw.is_dir():
-        sys.exit(f"error: {args.raw} not found; run `python -m tasks.demo_data` first")
+        sys.exit(f"error: {args.raw} not found; run `python -m tasks.dataset.clipart_demo` first")
     root = args.workdir / "project"
     shutil.rmtree(args.workdir, ignore_errors=True)
     (root / "data").mkdir(parents=True)

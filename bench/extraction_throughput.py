@@ -7,7 +7,7 @@ Measured side by side in one run (ratios are what count; this machine is noisy):
   - end-to-end: files -> features through the features stage's own pipeline (decode pool one batch ahead).
 
 Run:  .venv/bin/python bench/extraction_throughput.py [--images 256] [--size 224] [--batch 32]
-(needs data/prepared/manifest.parquet: run `headstart demo` or `python -m tasks.demo_data && python -m tasks.ingest`)
+(needs data/prepared/manifest.parquet: run `headstart demo` or `python -m tasks.dataset.clipart_demo && python -m tasks.ingest`)
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.backbones import ImageModel, build_backbone  # noqa: E402
-from tasks.engines import OrtEngine, TorchEngine, export_onnx, resolve_threads  # noqa: E402
-from tasks.features import extract_to_store  # noqa: E402
-from tasks.feature_store import FeatureStore  # noqa: E402
-from tasks.images import load_uint8  # noqa: E402
-from tasks.params import load_params  # noqa: E402
+from tasks.core.hardware import resolve_threads  # noqa: E402
+from tasks.core.params import load_params  # noqa: E402
+from tasks.dataset.images import load_uint8  # noqa: E402
+from tasks.extraction.engines import OrtEngine, TorchEngine
+from tasks.extraction.extract import extract_to_store  # noqa: E402
+from tasks.extraction.feature_store import FeatureStore  # noqa: E402
+from tasks.model.backbones import build_backbone  # noqa: E402
+from tasks.model.image_model import ImageModel
+from tasks.model.onnx_export import export_onnx
 
 
 class TorchNCHW:

@@ -15,7 +15,7 @@ Runtime from the test image files) in this process, in sequence: every row is wh
 
 Datasets: `fmnist` materialises the Debian package `dataset-fashion-mnist` (official 10k test set; a seeded 10 % of
 the official training set as val; `--fraction` keeps a stratified share of both) at 64 px by default; `clipart` is
-the demo data (`tasks.demo_data`, openclipart-png, 7 classes) at 224 px with the demo's splits.
+the demo data (`tasks.dataset.clipart_demo`, openclipart-png, 7 classes) at 224 px with the demo's splits.
 
 Printed and written as JSON: per row, val accuracy (of the kept model), test accuracy, test macro F1, which model
 the stage kept, epochs run and the stage's wall time; plus the ratio of each row's test accuracy to the frozen head's.
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import tasks._env  # noqa: E402,F401  (telemetry defaults before anything imports prefect/dvc)
-from tasks.errors import exit_on_user_error  # noqa: E402
+import tasks.core.env  # noqa: E402,F401  (telemetry defaults before anything imports prefect/dvc)
+from tasks.core.errors import exit_on_user_error  # noqa: E402
 
 DATASETS = {
     "fmnist": ["ingest.group_pattern=null", "backbone.input_size=64", "backbone.resize=squash"],
@@ -46,11 +46,11 @@ DATASETS = {
 def _prepare(dataset: str, fraction: float, workdir: Path) -> list[str]:
     """Materialise the data; return the ingest overrides that point at it."""
     if dataset == "fmnist":
-        from tasks.fashion_mnist import materialise_fashion_mnist
+        from tasks.dataset.fashion_mnist import materialise_fashion_mnist
 
         prep = materialise_fashion_mnist(workdir / "data", fraction)
         return [f"ingest.source={prep['csv']}"]
-    from tasks.demo_data import materialise
+    from tasks.dataset.clipart_demo import materialise
 
     raw = workdir / "project" / "data" / "raw"
     materialise(raw)
@@ -74,14 +74,13 @@ def _row(name: str, params, paths, seconds: float, finetune: dict | None) -> dic
 def run(dataset: str, fraction: float, strategies: list[str], tags: dict[str, list[str]], extra: list[str],
         workdir: Path) -> dict:
     """Build the project once, then score the frozen head and each strategy on the test split."""
+    from tasks.core.params import apply_overrides, validate
+    from tasks.core.paths import ProjectPaths
+    from tasks.export import run_export
     from tasks.features import run_features
     from tasks.finetune import run_finetune
     from tasks.head import run_head
     from tasks.ingest import run_ingest
-    from tasks.export import run_export
-    from tasks.params import validate
-    from tasks.params import apply_overrides
-    from tasks.paths import ProjectPaths
 
     workdir.mkdir(parents=True, exist_ok=True)
     base = DATASETS[dataset] + _prepare(dataset, fraction, workdir) + extra

@@ -12,7 +12,7 @@ same augmentation (random resized crop, flip, colour jitter); only the input pip
   file, `num_workers=2`, torch's default intra-op threads (one per core) in the trainer process;
 - `defaults, workers=0`: the same without worker processes;
 - `headstart`: the fine-tune stage's pipeline: pixels decoded once into the memory-mapped cache
-  (tasks.pixel_cache), augmentation on uint8 tensors in the trainer, no worker processes, `finetune.threads`
+  (tasks.dataset.pixel_cache), augmentation on uint8 tensors in the trainer, no worker processes, `finetune.threads`
   (0 = one per core), channels_last;
 - `headstart, 1 thread`: the same with one thread.
 
@@ -36,12 +36,13 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tasks.backbones import ImageModel, build_backbone  # noqa: E402
-from tasks.errors import UserError, exit_on_user_error  # noqa: E402
-from tasks.freezing import apply_depth, backbone_units, param_groups, set_train_modes  # noqa: E402
-from tasks.images import load_known  # noqa: E402
-from tasks.params import AugmentParams, BackboneParams, FinetuneParams  # noqa: E402
-from tasks.training import make_augment  # noqa: E402
+from tasks.core.errors import UserError, exit_on_user_error  # noqa: E402
+from tasks.core.params import AugmentParams, BackboneParams, FinetuneParams  # noqa: E402
+from tasks.dataset.images import load_known  # noqa: E402
+from tasks.model.backbones import build_backbone  # noqa: E402
+from tasks.model.image_model import ImageModel
+from tasks.training.epoch import make_augment  # noqa: E402
+from tasks.training.freezing import apply_depth, backbone_units, param_groups, set_train_modes  # noqa: E402
 
 
 def _augment(size: int):
@@ -65,8 +66,8 @@ class FileDataset(torch.utils.data.Dataset):
 def _model(size: int, classes: int, channels_last: bool):
     p = FinetuneParams(strategy="last_n", last_n=3)
     loaded = build_backbone(BackboneParams(input_size=size))
-    from tasks.head import Head
-    from tasks.head_module import HeadModule, fresh_layers
+    from tasks.model.head_format import Head
+    from tasks.model.torch_head import HeadModule, fresh_layers
 
     h = Head(fresh_layers([(loaded.feature_dim, classes)], seed=0), [str(i) for i in range(classes)], "")
     model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(h))

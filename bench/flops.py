@@ -21,9 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.backbones import ImageModel, build_backbone  # noqa: E402
-from tasks.engines import OrtEngine, export_onnx, resolve_threads  # noqa: E402
-from tasks.params import BackboneParams  # noqa: E402
+from tasks.core.hardware import resolve_threads  # noqa: E402
+from tasks.core.params import BackboneParams  # noqa: E402
+from tasks.extraction.engines import OrtEngine
+from tasks.model.backbones import build_backbone  # noqa: E402
+from tasks.model.image_model import ImageModel
+from tasks.model.onnx_export import export_onnx
 
 
 def peak_gflops(threads: int, n: int = 2048, reps: int = 8) -> float:

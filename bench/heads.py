@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import tasks._env  # noqa: E402,F401
-from tasks.errors import UserError, exit_on_user_error  # noqa: E402
+import tasks.core.env  # noqa: E402,F401
+from tasks.core.errors import UserError, exit_on_user_error  # noqa: E402
 
 HEADS = {
     "logreg": ["head.type=logreg"],
@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params of the project")
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args(argv)
+    from tasks.core.params import apply_overrides, load_params, validate
+    from tasks.core.paths import ProjectPaths
     from tasks.evaluate import run_evaluate
     from tasks.finetune import run_finetune
     from tasks.head import run_head
-    from tasks.params import apply_overrides, load_params, validate
-    from tasks.paths import ProjectPaths
 
     src = ProjectPaths(args.project.resolve())
     if not src.manifest.exists():

@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     raw = REPO / "data" / "raw"
     if not raw.is_dir():
-        sys.exit("error: data/raw not found; run `python -m tasks.demo_data` first")
+        sys.exit("error: data/raw not found; run `python -m tasks.dataset.clipart_demo` first")
     shutil.rmtree(args.workdir, ignore_errors=True)
     root = args.workdir / "project"
     (root / "data").mkdir(parents=True)
@@ -52,7 +52,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.retrain import retrain_flow
-    from tasks.params import write_overrides
+    from tasks.core.params import write_overrides
 
     write_overrides([f"backbone.input_size={args.size}"], root / "params.yaml")
     with prefect_test_harness(server_startup_timeout=120):

@@ -7,7 +7,7 @@ Run from the project root:
     (options: --workdir bench/out/fmnist, --json-out FILE, --set KEY=VALUE for extra param overrides)
 
 For each fraction the Debian package `dataset-fashion-mnist` is materialised as PNGs + labels.csv
-(`tasks.fashion_mnist`, idempotent, not timed as part of the run) into `<workdir>/data-<fraction>/`, a fresh project
+(`tasks.dataset.fashion_mnist`, idempotent, not timed as part of the run) into `<workdir>/data-<fraction>/`, a fresh project
 directory `<workdir>/project-<fraction>/` is created (an old one is deleted: a warm manifest or feature store would
 measure cache hits), and a fresh subprocess runs `run_ingest` then `run_features` there with params defaults plus
 `ingest.source=<csv> ingest.group_pattern=null backbone.input_size=64 ingest.val_fraction=0.1
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # so `python bench/scale_fmnist.py` works as well as `python -m bench.scale_fmnist`
     sys.path.insert(0, str(ROOT))
 
-from tasks.errors import exit_on_user_error  # noqa: E402  (after the sys.path fix)
+from tasks.core.errors import exit_on_user_error  # noqa: E402  (after the sys.path fix)
 
 RSS_TARGET = 1.5
 OVERRIDES = ["ingest.group_pattern=null", "backbone.input_size=64", "ingest.val_fraction=0.1",
@@ -58,9 +58,9 @@ def _status_mb(field: str) -> float:
 def child(csv: Path, project: Path, extra: list[str]) -> dict:
     """Run ingest + features on `csv` in the empty project dir `project`; return timings and this process's RSS."""
     import tasks.features as features
+    from tasks.core.params import load_params
+    from tasks.core.paths import ProjectPaths
     from tasks.ingest import run_ingest
-    from tasks.params import load_params
-    from tasks.paths import ProjectPaths
 
     # time the fixed cost (backbone build + ONNX export + session) apart from extraction proper
     setup_s, setup_peak = 0.0, 0.0
@@ -92,7 +92,7 @@ def child(csv: Path, project: Path, extra: list[str]) -> dict:
 
 def run_fraction(fraction: float, workdir: Path, extra: list[str]) -> dict:
     """Materialise the data for `fraction`, then measure ingest + features in a fresh subprocess."""
-    from tasks.fashion_mnist import materialise_fashion_mnist
+    from tasks.dataset.fashion_mnist import materialise_fashion_mnist
 
     tag = f"{fraction:g}"
     prep = materialise_fashion_mnist(workdir / f"data-{tag}", fraction)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
     summary = report(results)
     if args.json_out:
-        from tasks.atomic import atomic_write_text
+        from tasks.core.files import atomic_write_text
 
         atomic_write_text(args.json_out, json.dumps({"fractions": args.fractions, **summary}, indent=2) + "\n")
         print(f"results -> {args.json_out}")

@@ -21,12 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.export import _split_images, build_classifier  # noqa: E402
-from tasks.head import Head  # noqa: E402
-from tasks.onnx_model import OnnxClassifier  # noqa: E402
-from tasks.params import load_params  # noqa: E402
-from tasks.paths import default_paths  # noqa: E402
-from tasks.quantize import quantize_int8  # noqa: E402
+from tasks.core.params import load_params  # noqa: E402
+from tasks.core.paths import default_paths  # noqa: E402
+from tasks.export import _split_images  # noqa: E402
+from tasks.model.head_format import Head  # noqa: E402
+from tasks.model.shipped_model import build_classifier  # noqa: E402
+from tasks.serving.int8 import quantize_int8  # noqa: E402
+from tasks.serving.onnx_classifier import OnnxClassifier  # noqa: E402
 
 
 def measure(run, images: np.ndarray, reps: int) -> tuple[float, float, np.ndarray]:

@@ -7,9 +7,10 @@ import os
 import sys
 import time
 
-from tasks.errors import UserError, exit_on_user_error
-from tasks.params import load_params
-from tasks.paths import default_paths
+from tasks.core.errors import UserError, exit_on_user_error
+from tasks.core.params import load_params
+from tasks.core.paths import default_paths
+from tasks.core.stages import STAGES
 
 
 def _print_result(results: dict, seconds: float) -> None:
@@ -36,7 +37,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from tasks.demo_data import materialise
+    from tasks.dataset.clipart_demo import materialise
 
     paths = default_paths()
     counts = materialise(paths.raw, per_class=args.per_class)
@@ -46,9 +47,9 @@ def cmd_demo(args) -> None:
 
 
 def cmd_stage(args) -> None:
-    from flows.train import STAGE_FUNCTIONS
+    from tasks.core.stages import stage_function
 
-    STAGE_FUNCTIONS[args.name](load_params(overrides=args.set))
+    stage_function(args.name)(load_params(overrides=args.set))
 
 
 def cmd_retrain(args) -> None:
@@ -77,7 +78,7 @@ def cmd_schedule(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from tasks.predict import predict
+    from tasks.serving.predict import predict
 
     predict(args.inputs, model=args.model, top_k=args.top_k, out=args.out, batch_size=args.batch_size)
 
@@ -105,8 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--per-class", type=int, default=None, help="at most N demo images per class")
     demo.add_argument("--no-commit", action="store_true")
     demo.set_defaults(func=cmd_demo)
-
-    from flows.train import STAGES
 
     stage = sub.add_parser("stage", help="run one stage without Prefect (what dvc.yaml runs)")
     stage.add_argument("name", choices=STAGES)

@@ -42,91 +42,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import re
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.engines import resolve_engine
-from tasks.errors import UserError, exit_on_user_error
-from tasks.feature_store import FeatureStore, acquire, open_store
-from tasks.features import extract_to_store, make_engine
-from tasks.ingest import read_manifest
-from tasks.params import PARAMS_FILE, Params, load_params
-from tasks.paths import ProjectPaths, default_paths
-from tasks.progress import log
+from tasks.core.errors import UserError, exit_on_user_error
+from tasks.core.params import PARAMS_FILE, Params, load_params
+from tasks.core.paths import ProjectPaths, default_paths
+from tasks.core.progress import log
+from tasks.dataset.manifest import read_manifest
+from tasks.extraction.engines import resolve_engine
+from tasks.extraction.extract import make_engine
+from tasks.extraction.feature_store import FeatureStore, acquire, open_store
+from tasks.extraction.part_stores import extract_part, merge_parts, split_chunks
 
 ADDRESS_ENV = "HEADSTART_DASK_ADDRESS"
-PART_PREFIX = ".part-"
-_PART = re.compile(r"^\.part-(\d+)$")
-_SHARD = re.compile(r"^shard-(\d{6})\.npy$")
-
-
-def split_chunks(todo: list, shards: int, batch_size: int) -> list[list]:
-    """At most `shards` contiguous, non-empty chunks of `todo`, as even as possible in whole batches."""
-    if not todo:
-        return []
-    n_batches = -(-len(todo) // batch_size)
-    k = max(1, min(shards, n_batches))
-    bounds = [i * n_batches // k * batch_size for i in range(k)] + [len(todo)]
-    return [todo[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def part_dirs(store: FeatureStore) -> list[Path]:
-    """The per-worker part stores under `store`, in chunk order."""
-    found = [(int(m.group(1)), p) for p in store.dir.iterdir() if p.is_dir() and (m := _PART.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def _part_shards(part: Path):
-    """(keys, rows) of each committed shard of a part store (an .npy without its keys file is ignored)."""
-    for npy in sorted(part.glob("shard-*.npy")):
-        keys_file = npy.with_suffix(".keys.json")
-        if _SHARD.match(npy.name) and keys_file.exists():
-            yield json.loads(keys_file.read_text()), np.load(npy, mmap_mode="r")
-
-
-def merge_parts(store: FeatureStore, shard_size: int) -> tuple[int, int]:
-    """Move the rows of every part store into `store` (caller holds the writer lock); return (rows, shard files).
-
-    Rows already in the store (from an earlier, interrupted merge) are skipped; new rows are appended in part order,
-    `shard_size` rows per shard. The parts are deleted afterwards.
-    """
-    parts = part_dirs(store)
-    rows = files = 0
-    pending_keys: list[str] = []
-    pending: list[np.ndarray] = []
-    seen: set[str] = set()
-
-    def flush(limit: int) -> None:
-        nonlocal pending_keys, pending, rows, files
-        while len(pending_keys) >= limit and pending_keys:
-            feats = np.concatenate(pending) if len(pending) > 1 else np.asarray(pending[0])
-            n = min(len(pending_keys), shard_size)
-            store.append(pending_keys[:n], feats[:n])
-            rows, files = rows + n, files + 1
-            pending_keys, pending = pending_keys[n:], ([feats[n:]] if n < len(feats) else [])
-
-    for part in parts:
-        for keys, feats in _part_shards(part):
-            keep = [i for i, k in enumerate(keys) if k not in store and k not in seen]
-            if not keep:
-                continue
-            seen.update(keys[i] for i in keep)
-            pending_keys += [keys[i] for i in keep]
-            pending.append(np.asarray(feats[keep] if len(keep) < len(keys) else feats))
-            flush(shard_size)
-    flush(1)
-    for part in parts:
-        shutil.rmtree(part)
-    return rows, files
 
 
 @task(name="extract-shard", retries=0, cache_policy=NO_CACHE)
@@ -137,19 +71,14 @@ def extract_shard(params: Params, features_root: str, fingerprint: str, index: i
     Never takes the store lock and never writes the main store (the coordinator holds the lock and merges parts).
     """
     t0 = time.perf_counter()
-    store = FeatureStore(Path(features_root), fingerprint)  # read-only here: only its cached backbone.onnx is used
-    part_dir = store.dir / f"{PART_PREFIX}{index}"
-    shutil.rmtree(part_dir, ignore_errors=True)  # a Dask retry of this chunk starts clean
-    part = FeatureStore(store.dir, part_dir.name)
-    engine = make_engine(params, store)
-    extract_to_store(params, part, todo, engine)
+    engine = extract_part(params, Path(features_root) / fingerprint, index, todo)
     try:
         from distributed import get_worker
 
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = "local"
-    return {"index": index, "images": len(todo), "engine": engine.name, "worker": worker, "pid": os.getpid(),
+    return {"index": index, "images": len(todo), "engine": engine, "worker": worker, "pid": os.getpid(),
             "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 
 def dvc_command(root: Path, *args: str, timeout: float = 600) -> str:

@@ -19,13 +19,13 @@ from prefect import flow, get_run_logger, task
 
 from flows.dvc_sync import dvc_command, dvc_commit
 from flows.train import STAGE_TASKS, STAGES
-from tasks.atomic import atomic_write_text
-from tasks.champion import champion_model, champion_test_keys, champion_version, keep_rejected, promote
-from tasks.changes import detect_changes
-from tasks.evaluate import score_models
-from tasks.ingest import read_manifest
-from tasks.params import PARAMS_FILE, Params, load_params
-from tasks.paths import ProjectPaths, default_paths
+from tasks.core.files import atomic_write_text
+from tasks.core.params import PARAMS_FILE, Params, load_params
+from tasks.core.paths import ProjectPaths, default_paths
+from tasks.dataset.changes import detect_changes
+from tasks.dataset.manifest import read_manifest
+from tasks.serving.champions import champion_model, champion_test_keys, champion_version, decide, keep_rejected, promote
+from tasks.serving.scoring import score_models
 
 
 @task(name="detect-changes")
@@ -59,23 +59,6 @@ def manifest_test_keys(paths: ProjectPaths) -> list[str]:
     """sha256 of the current test split (stored with a promoted model as its trusted hold-out)."""
     m = read_manifest(paths)
     return m.loc[m["split"] == "test", "sha256"].tolist()
-
-
-def decide(params: Params, scores: dict) -> tuple[bool, str]:
-    """(promote?, why): the challenger must not be worse by more than the tolerance on the current test split nor on
-    the champion's trusted hold-out."""
-    metric, tol = params.retrain.metric, params.retrain.tolerance
-    if scores["champion"] is None:
-        return True, f"no champion yet; challenger {metric} {scores['challenger'][metric]:.4f}"
-    verdicts = []
-    for view, ch, cp in (("current test split", "challenger", "champion"),
-                         ("champion's hold-out", "challenger_trusted", "champion_trusted")):
-        if ch not in scores:
-            continue
-        a, b = scores[ch][metric], scores[cp][metric]
-        ok = a >= b - tol
-        verdicts.append((ok, f"{view}: challenger {metric} {a:.4f} {'>=' if ok else '<'} champion {b:.4f} - {tol}"))
-    return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
 
 
 @flow(name="headstart-retrain", log_prints=True)
@@ -119,6 +102,4 @@ def retrain_flow(root: str | None = None, force: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.cli import main
-
-    main(["retrain"])
+    retrain_flow()

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from typing import Iterator
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 
 def free_port() -> int:

@@ -13,19 +13,9 @@ from pathlib import Path
 from prefect import flow, task
 
 from flows.dvc_sync import dvc_commit
-from tasks.evaluate import run_evaluate
-from tasks.export import run_export
-from tasks.features import run_features
-from tasks.finetune import run_finetune
-from tasks.head import run_head
-from tasks.ingest import run_ingest
-from tasks.params import PARAMS_FILE, load_params, write_overrides
-from tasks.paths import ProjectPaths, default_paths
-
-STAGES = ["ingest", "features", "head", "finetune", "export", "evaluate"]  # dvc.yaml: same stages, same order
-STAGE_FUNCTIONS = {"ingest": run_ingest, "features": run_features, "head": run_head, "finetune": run_finetune,
-                   "evaluate": run_evaluate,
-                   "export": run_export}
+from tasks.core.params import PARAMS_FILE, load_params, write_overrides
+from tasks.core.paths import ProjectPaths, default_paths
+from tasks.core.stages import STAGES, stage_function
 
 
 def _as_dict(summary) -> dict:
@@ -33,7 +23,7 @@ def _as_dict(summary) -> dict:
 
 
 def _stage_task(name: str):
-    fn = STAGE_FUNCTIONS[name]
+    fn = stage_function(name)
 
     @task(name=name, retries=0, log_prints=True)
     def run(params, paths: ProjectPaths) -> dict:
@@ -64,6 +54,4 @@ def train_flow(overrides: list[str] | None = None, root: str | None = None, comm
 
 
 if __name__ == "__main__":
-    from flows.cli import main
-
-    main(["run"])
+    train_flow()

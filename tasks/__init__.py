@@ -1,3 +1,4 @@
-"""headstart stages: one module per stage, each runnable as `python -m tasks.<stage>`."""
+"""headstart: the six stages flat in this package (`python -m tasks.<stage>`), the pieces they share in sub-packages
+named by role (core, dataset, model, extraction, training, serving)."""
 
-from tasks import _env  # noqa: F401  (telemetry off before any heavy import)
+from tasks.core import env  # noqa: F401  (telemetry off before any heavy import)

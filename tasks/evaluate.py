@@ -10,25 +10,25 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix
 
-from tasks.atomic import atomic_path, atomic_write_text
-from tasks.errors import UserError
-from tasks.feature_store import open_store
-from tasks.classifier import finetune_summary
-from tasks.head import Head
-from tasks.ingest import read_manifest
-from tasks.model_card import write_model_card
-from tasks.images import load_many
-from tasks.onnx_model import OnnxClassifier
-from tasks.params import Params
-from tasks.paths import ProjectPaths, default_paths
-from tasks.stage_cli import run_stage_cli
-from tasks.progress import log
+from tasks.core.errors import UserError
+from tasks.core.files import atomic_path, atomic_write_text
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths, default_paths
+from tasks.core.progress import log
+from tasks.core.stage_cli import run_stage_cli
+from tasks.dataset.images import load_many
+from tasks.dataset.manifest import read_manifest
+from tasks.extraction.feature_store import open_store
+from tasks.model.finetune_record import finetune_summary
+from tasks.model.head_format import Head
+from tasks.serving.model_card import write_model_card
+from tasks.serving.onnx_classifier import OnnxClassifier
+from tasks.serving.scoring import compute_metrics
 
 
 @dataclass
@@ -41,17 +41,6 @@ class EvaluateSummary:
     f1_macro: float
     metrics_path: str
     confusion_png: str
-
-
-def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
-    """(headline metrics, per-class report) computed with scikit-learn."""
-    out = {"accuracy": float(accuracy_score(y_true, y_pred))}
-    for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
-        out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
-    report = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
-    per_class = {c: {k: float(v) for k, v in report[c].items()} for c in classes}
-    return out, per_class
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None:
@@ -95,36 +84,6 @@ def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str)
     rel = onnx_path.relative_to(paths.root).as_posix()
     images = load_many([paths.root / p for p in rows["path"]], clf.input_size, clf.resize)
     return clf.probs_batched(images), f"{rel} via ONNX Runtime from image files"
-
-
-def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, split: str | None = None,
-                 subsets: dict[str, set[str]] | None = None) -> dict[str, dict[str, dict]]:
-    """Headline metrics of exported ONNX models on a split of the current manifest, through ONNX Runtime from the
-    image files, which are decoded once for all models. `subsets` name extra views (rows whose sha256 is in the set);
-    the view "all" is the whole split. Labels a model does not know count as errors (a model that lacks a new class
-    pays for it). Returns {model name: {view: metrics}}."""
-    split = split or params.evaluate.split
-    manifest = read_manifest(paths)
-    rows = manifest[manifest["split"] == split].reset_index(drop=True)
-    if not len(rows):
-        raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
-    views = {"all": np.ones(len(rows), dtype=bool)}
-    views |= {name: rows["sha256"].isin(keys).to_numpy() for name, keys in (subsets or {}).items()}
-    classifiers = {name: OnnxClassifier(path) for name, path in models.items()}
-    sizes = {(c.input_size, c.resize) for c in classifiers.values()}
-    arrays = {key: load_many([paths.root / p for p in rows["path"]], *key) for key in sizes}
-    y = rows["label"].to_numpy()
-    out: dict[str, dict[str, dict]] = {}
-    for name, clf in classifiers.items():
-        probs = clf.probs_batched(arrays[(clf.input_size, clf.resize)])
-        pred = np.array(clf.classes)[probs.argmax(1)]
-        labels = sorted(set(y) | set(clf.classes))
-        out[name] = {}
-        for view, mask in views.items():
-            if mask.any():
-                m, _ = compute_metrics(y[mask], pred[mask], labels)
-                out[name][view] = m | {"n": int(mask.sum()), "split": split, "model": str(models[name])}
-    return out
 
 
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:

@@ -26,19 +26,22 @@ import numpy as np
 import onnx
 import torch
 
-from tasks.atomic import atomic_write_text
-from tasks.backbones import ImageModel, feature_identity
-from tasks.classifier import build_classifier, finetune_summary, shipped_classifier  # noqa: F401 (re-exported)
-from tasks.engines import OrtEngine, export_onnx
-from tasks.errors import UserError
-from tasks.ingest import read_manifest
-from tasks.head import Head
-from tasks.images import load_many
-from tasks.params import Params
-from tasks.paths import ProjectPaths, default_paths
-from tasks.stage_cli import run_stage_cli
-from tasks.triton import write_triton_repo
-from tasks.progress import log
+from tasks.core.errors import UserError
+from tasks.core.files import atomic_write_text
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths, default_paths
+from tasks.core.progress import log
+from tasks.core.stage_cli import run_stage_cli
+from tasks.dataset.images import load_many
+from tasks.dataset.manifest import read_manifest
+from tasks.extraction.engines import OrtEngine
+from tasks.extraction.fingerprint import feature_identity
+from tasks.model.finetune_record import finetune_summary
+from tasks.model.head_format import Head
+from tasks.model.image_model import ImageModel
+from tasks.model.onnx_export import export_onnx
+from tasks.model.shipped_model import shipped_classifier
+from tasks.serving.triton_repo import write_triton_repo
 
 
 class ExportParityError(UserError):
@@ -149,7 +152,7 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
         (out_dir / "model.onnx").unlink(missing_ok=True)
         report = {"enabled": False, "reason": "export.int8 is false"}
     else:
-        from tasks.quantize import build_int8
+        from tasks.serving.int8 import build_int8
 
         calib, _ = _split_images(params, paths, "train", p.int8_calibration_images)
         val_x, val_y = _split_images(params, paths, "val", 10_000)

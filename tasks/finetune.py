@@ -1,6 +1,6 @@
 """Stage `finetune`: train the backbone and head end to end on pixels, starting from the trained head (LP-FT).
 
-`finetune.strategy` picks what trains (tasks.freezing): `none` ships the head on frozen features and returns at once;
+`finetune.strategy` picks what trains (tasks.training.freezing): `none` ships the head on frozen features and returns at once;
 `freeze` trains only the head, on augmented pixels; `last_n`, `full` and `gradual` unfreeze blocks from the top, with
 layer-wise learning-rate decay. AdamW, linear warm-up then cosine decay per step, label smoothing, random resized
 crop / flip / colour jitter on uint8 images through the same ImageModel (normalisation in the graph) that is exported.
@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.atomic import atomic_path, atomic_write_text
-from tasks.classifier import head_sha256
-from tasks.errors import UserError
-from tasks.ingest import read_manifest
-from tasks.params import Params
-from tasks.paths import ProjectPaths, default_paths
-from tasks.progress import log
-from tasks.stage_cli import run_stage_cli
+from tasks.core.errors import UserError
+from tasks.core.files import atomic_path, atomic_write_text
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths, default_paths
+from tasks.core.progress import log
+from tasks.core.stage_cli import run_stage_cli
+from tasks.dataset.manifest import read_manifest
+from tasks.model.finetune_record import head_sha256
 
 FIT_SAMPLE = 256  # train images scored without augmentation after every epoch (the "train sample" loss)
 
@@ -98,16 +98,31 @@ def run_finetune(params: Params, paths: ProjectPaths | None = None) -> dict:
 def _train(params: Params, paths: ProjectPaths) -> dict:
     import torch
 
-    from tasks.backbones import ImageModel, build_backbone, feature_fingerprint
-    from tasks.curves import plot_curves
-    from tasks.freezing import (apply_depth, backbone_units, check_strategy, depth_at, param_groups,
-                                set_train_modes, warmup_cosine)
-    from tasks.head import Head
-    from tasks.head_module import HeadModule, random_like
-    from tasks.pixel_cache import prune, split_pixels
-    from tasks.train_state import load_checkpoint, restore_rng, rng_states, save_checkpoint
-    from tasks.training import (autocast_for, batches_per_epoch, make_augment, resolve_device_and_amp, score,
-                                train_pass)
+    from tasks.dataset.pixel_cache import prune, split_pixels
+    from tasks.extraction.fingerprint import feature_fingerprint
+    from tasks.model.backbones import build_backbone
+    from tasks.model.head_format import Head
+    from tasks.model.image_model import ImageModel
+    from tasks.model.torch_head import HeadModule, random_like
+    from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint
+    from tasks.training.curves import plot_curves
+    from tasks.training.epoch import (
+        autocast_for,
+        batches_per_epoch,
+        make_augment,
+        resolve_device_and_amp,
+        score,
+        train_pass,
+    )
+    from tasks.training.freezing import (
+        apply_depth,
+        backbone_units,
+        check_strategy,
+        depth_at,
+        param_groups,
+        set_train_modes,
+        warmup_cosine,
+    )
 
     t_start = time.perf_counter()
     p = params.finetune

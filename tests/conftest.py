@@ -17,8 +17,8 @@ os.environ.update({"ORT_DISABLE_TELEMETRY": "1", "PREFECT_SERVER_ANALYTICS_ENABL
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect" / "test"))
 
-from tasks.params import load_params, write_overrides  # noqa: E402
-from tasks.paths import ProjectPaths  # noqa: E402
+from tasks.core.params import load_params, write_overrides  # noqa: E402
+from tasks.core.paths import ProjectPaths  # noqa: E402
 
 # Small and fast, still real: ~50 images per class of 7 clip-art classes at 96 px (a few seconds to extract).
 TEST_OVERRIDES = [
@@ -48,7 +48,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> 
 @pytest.fixture(scope="session")
 def clipart_raw(tmp_path_factory) -> Path:
     """A real clip-art subset (Debian openclipart-png), PER_CLASS unique images for each of the 7 demo classes."""
-    from tasks.demo_data import materialise
+    from tasks.dataset.clipart_demo import materialise
 
     dest = tmp_path_factory.mktemp("clipart") / "raw"
     materialise(dest, per_class=PER_CLASS)
@@ -83,11 +83,11 @@ def project_params(paths: ProjectPaths, overrides: list[str] = ()):
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory, clipart_raw):
     """A project on which every stage ran once (stage functions called directly, no Prefect, no DVC)."""
-    from flows.train import STAGE_FUNCTIONS, STAGES
+    from tasks.core.stages import STAGES, stage_function
 
     paths = make_project(tmp_path_factory.mktemp("built"), clipart_raw)
     params = project_params(paths)
-    results = {name: STAGE_FUNCTIONS[name](params, paths) for name in STAGES}
+    results = {name: stage_function(name)(params, paths) for name in STAGES}
     return paths, params, results
 
 

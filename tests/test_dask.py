@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.distributed import ADDRESS_ENV, extract_features_distributed, split_chunks
-from tasks.errors import UserError
-from tasks.feature_store import FeatureStore, open_store
+from flows.distributed import ADDRESS_ENV, extract_features_distributed
+from tasks.core.errors import UserError
+from tasks.extraction.feature_store import FeatureStore, open_store
+from tasks.extraction.part_stores import split_chunks
 from tasks.features import run_features
 from tasks.ingest import run_ingest
 from tests.conftest import make_project, project_params

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.export import build_classifier
-from tasks.head import Head
-from tasks.images import load_uint8
+from tasks.dataset.images import load_uint8
+from tasks.model.head_format import Head
+from tasks.model.shipped_model import build_classifier
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_onnx_graph_contract_and_metadata(exported):
 def test_onnx_model_reproduces_the_head_on_cached_features(built_project, exported):
     """No train/serve skew: the served graph gives the same predictions as the head scored in evaluate."""
     paths, params, session, _, images = exported
-    from tasks.feature_store import open_store
+    from tasks.extraction.feature_store import open_store
 
     m = pd.read_parquet(paths.manifest)
     test = m[m["split"] == "test"].head(32)
@@ -132,7 +132,7 @@ def test_triton_repository_parses_against_tritons_schema_and_matches_the_graph(e
 
 
 def test_predict_on_a_folder_reports_a_corrupt_file_on_its_row(exported, tmp_path):
-    from tasks.predict import predict
+    from tasks.serving.predict import predict
 
     paths, params, session, _, images = exported
     m = pd.read_parquet(paths.manifest)
@@ -166,8 +166,8 @@ def test_predict_on_a_folder_reports_a_corrupt_file_on_its_row(exported, tmp_pat
 def test_int8_variant_is_written_only_within_the_accuracy_tolerance(built_project, tmp_path):
     import shutil
 
-    from tasks.export import run_export
     from tasks.evaluate import run_evaluate
+    from tasks.export import run_export
     from tests.conftest import make_project, project_params
 
     paths, _, _ = built_project

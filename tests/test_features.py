@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.backbones import BackboneParams, build_backbone, load_weights_into
-from tasks.errors import UserError
-from tasks.feature_store import open_store
+from tasks.core.errors import UserError
+from tasks.core.params import BackboneParams
+from tasks.extraction.feature_store import open_store
 from tasks.features import run_features
 from tasks.ingest import run_ingest
+from tasks.model.backbones import build_backbone, load_weights_into
 from tests.conftest import make_project, project_params
 
 
@@ -165,7 +166,7 @@ def test_a_second_writer_gets_a_clear_error_not_a_corrupt_store(tmp_path, clipar
 
 
 def test_a_named_intermediate_layer_gives_pooled_features_and_its_own_fingerprint():
-    from tasks.registry import feature_fingerprint
+    from tasks.extraction.fingerprint import feature_fingerprint
 
     p = BackboneParams(name="tf_efficientnet_lite0", weights="random", layer="blocks.4")
     loaded = build_backbone(p)

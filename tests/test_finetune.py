@@ -15,14 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.backbones import ImageModel, build_backbone
-from tasks.errors import UserError
-from tasks.freezing import apply_depth, backbone_units, param_groups, set_train_modes
-from tasks.head import Head
-from tasks.head_module import HeadModule
-from tasks.images import load_many
-from tasks.ingest import read_manifest
-from tasks.onnx_model import OnnxClassifier
+from tasks.core.errors import UserError
+from tasks.dataset.images import load_many
+from tasks.dataset.manifest import read_manifest
+from tasks.model.backbones import build_backbone
+from tasks.model.head_format import Head
+from tasks.model.image_model import ImageModel
+from tasks.model.torch_head import HeadModule
+from tasks.serving.onnx_classifier import OnnxClassifier
+from tasks.training.freezing import apply_depth, backbone_units, param_groups, set_train_modes
 from tests.conftest import make_project, project_params, venv_env
 
 
@@ -127,8 +128,8 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(ft_project, tmp_path
 
 def test_a_finetune_that_hurts_ships_the_frozen_head(ft_project, tmp_path):
     from tasks.export import run_export
+    from tasks.extraction.feature_store import split_features
     from tasks.finetune import run_finetune
-    from tasks.head import split_features
 
     paths = _copy(ft_project, tmp_path / "p")
     # a fresh random head trained for one epoch at a tiny learning rate is far worse than the probe
@@ -161,8 +162,9 @@ def test_finetune_user_mistakes_are_one_line_errors(ft_project):
 def test_mlp_head_is_exported_as_itself(ft_project, tmp_path):
     from tasks.evaluate import run_evaluate
     from tasks.export import run_export
+    from tasks.extraction.feature_store import split_features
     from tasks.finetune import run_finetune
-    from tasks.head import run_head, split_features
+    from tasks.head import run_head
 
     paths = _copy(ft_project, tmp_path / "mlp")
     params = project_params(paths, ["head.type=mlp"])
@@ -183,9 +185,9 @@ def test_mlp_head_is_exported_as_itself(ft_project, tmp_path):
 
 
 def test_lpft_on_fashion_mnist_subset_lowers_loss_and_ships_the_kept_model(tmp_path):
+    from tasks.dataset.fashion_mnist import materialise_fashion_mnist
     from tasks.evaluate import run_evaluate
     from tasks.export import run_export
-    from tasks.fashion_mnist import materialise_fashion_mnist
     from tasks.finetune import run_finetune
 
     prep = materialise_fashion_mnist(tmp_path / "fmnist", 0.02)

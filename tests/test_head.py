@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn.svm import LinearSVC
 
-from tasks.errors import UserError
-from tasks.head import choose_c, fit_linear, split_features
+from tasks.core.errors import UserError
+from tasks.extraction.feature_store import split_features
+from tasks.model.linear_fit import choose_c, fit_linear
 from tests.conftest import project_params
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 from tasks.ingest import run_ingest
 from tests.conftest import make_project, project_params
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import UserError
-from tasks.params import Params, load_params, write_overrides
+from tasks.core.errors import UserError
+from tasks.core.params import Params, load_params, write_overrides
 from tests.conftest import REPO, run
 
 

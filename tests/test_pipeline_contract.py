@@ -6,17 +6,17 @@ import importlib
 
 import yaml
 
-from flows.train import STAGE_FUNCTIONS, STAGES
+from tasks.core.stages import STAGES, stage_function
 from tests.conftest import REPO
 
 
 def test_dvc_yaml_and_flow_have_the_same_stages():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert list(dvc["stages"]) == STAGES
+    assert list(dvc["stages"]) == list(STAGES)
     for name, stage in dvc["stages"].items():
         assert stage["cmd"] == f"python -m tasks.{name}"
         module = importlib.import_module(f"tasks.{name}")
-        assert STAGE_FUNCTIONS[name] is getattr(module, f"run_{name}")
+        assert stage_function(name) is getattr(module, f"run_{name}")
         assert f"tasks/{name}.py" in stage["deps"]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flows.dvc_sync import dvc_status_clean
-from tasks.params import write_overrides
+from tasks.core.params import write_overrides
 from tests.conftest import make_project, run
 
 CLASSES = ("animals", "food", "transportation")

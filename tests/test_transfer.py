@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.train import STAGE_FUNCTIONS
+from tasks.core.stages import stage_function
 from tests.conftest import make_project, project_params
 
 
@@ -13,8 +13,8 @@ def test_pretrained_beats_random_init_by_20_points(tmp_path, built_project, clip
     paths = make_project(tmp_path / "random", clipart_raw, ["backbone.weights=random", "evaluate.artifact=head"])
     params = project_params(paths)
     for stage in ("ingest", "features", "head"):
-        STAGE_FUNCTIONS[stage](params, paths)
-    random_init = STAGE_FUNCTIONS["evaluate"](params, paths).accuracy
+        stage_function(stage)(params, paths)
+    random_init = stage_function("evaluate")(params, paths).accuracy
 
     assert results["evaluate"].n >= 80  # a real held-out set, not a handful
     assert pretrained >= 0.55, pretrained

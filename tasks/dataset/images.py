@@ -1,0 +1,152 @@
+"""Image decoding: validate a file, flatten transparency onto white, resize to the model's square input.
+
+The resize here is the client-side half of the deployment contract: the exported ONNX graph takes uint8 RGB NHWC at
+the model's input size and does scaling and normalisation itself, so training features and served predictions share
+exactly this function for everything that happens before the graph.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# We enforce our own pixel limit (params ingest.max_pixels) from the header, before decoding.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """Outcome of validating one file: ok with its size, or a rejection reason."""
+
+    ok: bool
+    width: int = 0
+    height: int = 0
+    reason: str = ""
+
+
+def _too_large(w: int, h: int, max_pixels: int) -> str:
+    return f"too large: {w}x{h} = {w * h / 1e6:.0f} MP > limit {max_pixels / 1e6:.0f} MP (ingest.max_pixels)"
+
+
+def _corrupt(exc: BaseException) -> str:
+    return f"truncated or corrupt ({str(exc).splitlines()[0][:120]})"
+
+
+def check_image(source: str | Path | io.BytesIO, max_pixels: int) -> ImageCheck:
+    """Fully decode `source` (a path or the file's bytes) to prove it is a readable image within the pixel limit.
+    Never raises for bad files."""
+    try:
+        empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else Path(source).stat().st_size == 0
+        if empty:
+            return ImageCheck(False, reason="empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(source) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    return ImageCheck(False, w, h, _too_large(w, h, max_pixels))
+                if w == 0 or h == 0:
+                    return ImageCheck(False, w, h, "image has zero width or height")
+                img.load()
+        return ImageCheck(True, w, h)
+    except UnidentifiedImageError:
+        return ImageCheck(False, reason="not an image (format not recognised)")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return ImageCheck(False, reason=_corrupt(exc))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB version of `img`; any transparency (RGBA, LA, P with transparency) is composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, WHITE)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        arr = (arr / max(float(arr.max()), 1.0) * 255.0).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_square(img: Image.Image, size: int, mode: str) -> Image.Image:
+    """Resize an RGB image to size x size. pad: letterbox on white; crop: shorter side, centre crop; squash."""
+    w, h = img.size
+    if mode == "squash":
+        return img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+    if mode == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        canvas = Image.new("RGB", (size, size), WHITE)
+        canvas.paste(small, ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    if mode == "crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        big = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return big.crop((left, top, left + size, top + size))
+    raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def load_uint8(path: str | Path, size: int, mode: str) -> np.ndarray:
+    """Decode `path` into a (size, size, 3) uint8 RGB array ready for the model (HWC)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))  # decode at reduced scale: far less work for big JPEGs
+            rgb = to_rgb(img)
+            out = resize_square(rgb, size, mode)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def load_checked(path: str | Path, size: int, mode: str, max_pixels: int) -> tuple[np.ndarray | None, str]:
+    """`load_uint8` for untrusted files, decoding once: (array, "") or (None, reason), never raising for bad files.
+    The pixel limit is checked from the header before anything is decoded."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return None, "empty file (0 bytes)"
+        with Image.open(path) as img:  # header only
+            w, h = img.size
+        if w * h > max_pixels:
+            return None, _too_large(w, h, max_pixels)
+        return load_uint8(path, size, mode), ""
+    except FileNotFoundError:
+        return None, "file not found"
+    except UnidentifiedImageError:
+        return None, "not an image (format not recognised)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return None, _corrupt(exc)
+
+
+def load_known(path: str | Path, size: int, mode: str) -> np.ndarray:
+    """`load_uint8` for a file that ingest accepted: if it cannot be read now, a one-line UserError naming it."""
+    try:
+        return load_uint8(path, size, mode)
+    except (OSError, ValueError) as exc:
+        from tasks.core.errors import UserError
+
+        raise UserError(f"{path}: listed in the manifest but cannot be read now ({str(exc).splitlines()[0][:80]}); "
+                        f"re-run ingest") from None
+
+
+def load_many(paths: list[str | Path], size: int, mode: str) -> np.ndarray:
+    """Several accepted files as one uint8 NHWC array (see `load_known`)."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = load_known(p, size, mode)
+    return out

@@ -1,0 +1,29 @@
+"""The manifest and the rejection list that ingest writes, and how every other stage reads them.
+
+`data/prepared/manifest.parquet`: one row per usable sample (path, label, split, sha256, width, height, group);
+`data/prepared/rejected.csv`: every file not used, with its reason (path, label, reason).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tasks.core.errors import UserError
+from tasks.core.paths import ProjectPaths
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "group"]
+
+
+def read_manifest(paths: ProjectPaths) -> pd.DataFrame:
+    """The manifest, or a one-line error saying to run ingest."""
+    if not paths.manifest.exists():
+        raise UserError(f"{paths.manifest} not found; run the ingest stage first (python -m tasks.ingest)")
+    return pd.read_parquet(paths.manifest)
+
+
+def read_rejected(paths: ProjectPaths) -> pd.DataFrame:
+    """The rejection list of the last ingest (empty before the first one)."""
+    if not paths.rejected.exists():
+        return pd.DataFrame(columns=["path", "label", "reason"])
+    return pd.read_csv(paths.rejected)

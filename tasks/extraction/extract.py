@@ -1,0 +1,78 @@
+"""The extraction loop shared by the features stage and the Dask flow: decode a batch ahead of the model, run the
+engine, append rows to a feature store a shard at a time."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tasks.core.params import Params
+from tasks.core.progress import Progress
+from tasks.dataset.images import load_many
+from tasks.extraction.engines import OrtEngine, TorchEngine, resolve_engine
+from tasks.extraction.feature_store import FeatureStore
+from tasks.model.onnx_export import export_onnx
+
+
+def _torch_model(params: Params):
+    from tasks.model.backbones import build_backbone
+    from tasks.model.image_model import ImageModel
+
+    loaded = build_backbone(params.backbone, params.seed)
+    return ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std)
+
+
+def make_engine(params: Params, store: FeatureStore):
+    """Build the configured engine. The ONNX backbone is exported once per fingerprint and cached in the store;
+    with it cached, the ONNX Runtime engine needs no torch at all."""
+    name = resolve_engine(params.features.engine)
+    if name == "torch":
+        return TorchEngine(_torch_model(params), params.features.threads)
+    onnx_path = store.dir / "backbone.onnx"
+    if not onnx_path.exists():
+        export_onnx(_torch_model(params), onnx_path, params.backbone.input_size, ["features"], params.export.opset)
+    return OrtEngine(onnx_path, params.features.threads, spin=params.features.decode_workers == 0)
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, str]], engine) -> int:
+    """Decode, run and append `todo` [(sha256, path)] to the store, a shard every `features.shard_size` rows."""
+    p = params.features
+    size, mode = params.backbone.input_size, params.backbone.resize
+
+    def decode(batch):
+        return load_many([path for _, path in batch], size, mode)
+
+    pending_keys: list[str] = []
+    pending_feats: list[np.ndarray] = []
+    n_pending = 0
+    workers = max(1, p.decode_workers)
+    with Progress(len(todo), f"features[{engine.name}]") as bar, ThreadPoolExecutor(workers) as pool:
+        queue: deque = deque()
+        batches = _batches(todo, p.batch_size)
+        for b in batches:  # keep up to `workers` batches decoding ahead of the model
+            queue.append((b, pool.submit(decode, b)))
+            if len(queue) > workers:
+                break
+        while queue:
+            batch, fut = queue.popleft()
+            nxt = next(batches, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(decode, nxt)))
+            feats = engine.run(fut.result())
+            pending_keys += [k for k, _ in batch]
+            pending_feats.append(feats)
+            n_pending += len(batch)
+            if n_pending >= p.shard_size:
+                store.append(pending_keys, np.concatenate(pending_feats))
+                pending_keys, pending_feats, n_pending = [], [], 0
+            bar.update(len(batch))
+        if pending_keys:
+            store.append(pending_keys, np.concatenate(pending_feats))
+    return len(todo)

@@ -1,0 +1,151 @@
+"""Content-addressed feature store: rows keyed by image sha256, in a few large memory-mappable shards.
+
+Layout of `data/features/<fingerprint>/`:
+    identity.json              what the fingerprint hashes (backbone, weights, preprocessing, ...)
+    shard-000000.npy           float32 (rows, dim), written to a temp name and renamed
+    shard-000000.keys.json     the rows' sha256 keys; written after its .npy: a shard exists once this file does
+A crash loses at most the shard being written (an .npy without keys is an orphan, removed on the next open).
+Writers hold a file lock under `data/.locks/`, outside the DVC-tracked directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from tasks.core.errors import UserError
+from tasks.core.files import atomic_path, atomic_write_text
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths
+from tasks.dataset.manifest import read_manifest
+from tasks.extraction.fingerprint import feature_fingerprint, feature_identity
+
+_SHARD = re.compile(r"^shard-(\d{6})\.npy$")
+
+
+class FeatureStore:
+    """Read and append feature rows for one fingerprint."""
+
+    def __init__(self, root: Path, fingerprint: str, identity: dict | None = None):
+        self.dir = Path(root) / fingerprint
+        self.fingerprint = fingerprint
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if identity is not None and not (self.dir / "identity.json").exists():
+            atomic_write_text(self.dir / "identity.json", json.dumps(identity, indent=2, sort_keys=True))
+        self._index: dict[str, tuple[int, int]] = {}
+        self._shards: dict[int, np.ndarray] = {}
+        self._load_index()
+
+    def _load_index(self) -> None:
+        self._index.clear()
+        self._shards.clear()
+        for npy in sorted(self.dir.glob("shard-*.npy")):
+            m = _SHARD.match(npy.name)
+            if not m:
+                continue
+            keys_file = npy.with_suffix(".keys.json")
+            if not keys_file.exists():
+                continue  # orphan of an interrupted write; ignored (cleaned by writers under the lock)
+            sid = int(m.group(1))
+            for row, key in enumerate(json.loads(keys_file.read_text())):
+                self._index.setdefault(key, (sid, row))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def missing(self, keys: list[str]) -> list[str]:
+        """Keys (deduplicated, order kept) that have no row yet."""
+        seen, out = set(), []
+        for k in keys:
+            if k not in self._index and k not in seen:
+                seen.add(k)
+                out.append(k)
+        return out
+
+    def _shard(self, sid: int) -> np.ndarray:
+        if sid not in self._shards:
+            self._shards[sid] = np.load(self.dir / f"shard-{sid:06d}.npy", mmap_mode="r")
+        return self._shards[sid]
+
+    def get(self, keys: list[str]) -> np.ndarray:
+        """Feature rows for `keys`, in that order (float32, copied out of the memory maps)."""
+        absent = [k for k in keys if k not in self._index]
+        if absent:
+            raise UserError(f"feature store {self.dir}: {len(absent)} image(s) have no features "
+                            f"(e.g. sha256 {absent[0][:12]}); run the features stage first")
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
+        dim = self._shard(self._index[keys[0]][0]).shape[1]
+        out = np.empty((len(keys), dim), dtype=np.float32)
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for i, k in enumerate(keys):
+            sid, row = self._index[k]
+            by_shard.setdefault(sid, []).append((i, row))
+        for sid, pairs in by_shard.items():
+            idx = np.array([p[0] for p in pairs])
+            rows = np.array([p[1] for p in pairs])
+            out[idx] = self._shard(sid)[rows]
+        return out
+
+    def lock(self) -> FileLock:
+        """An exclusive writer lock for this fingerprint (a second writer gets a clear error, not corruption)."""
+        lock_dir = self.dir.parent.parent / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / f"{self.fingerprint}.lock"), timeout=0)
+
+    def clean_orphans(self) -> int:
+        """Remove .npy files whose keys file never got written (call while holding the lock)."""
+        n = 0
+        for npy in self.dir.glob("shard-*.npy"):
+            if _SHARD.match(npy.name) and not npy.with_suffix(".keys.json").exists():
+                npy.unlink(missing_ok=True)
+                n += 1
+        for tmp in self.dir.glob(".shard-*"):
+            tmp.unlink(missing_ok=True)
+        return n
+
+    def append(self, keys: list[str], features: np.ndarray) -> int:
+        """Write one new shard atomically (features first, then keys = commit). Returns its id."""
+        if len(keys) != len(features):
+            raise ValueError("keys and features differ in length")
+        ids = [int(m.group(1)) for p in self.dir.glob("shard-*") if (m := re.match(r"^shard-(\d{6})", p.name))]
+        sid = max(ids, default=-1) + 1
+        npy = self.dir / f"shard-{sid:06d}.npy"
+        with atomic_path(npy, suffix=".npy") as tmp:
+            np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
+        atomic_write_text(npy.with_suffix(".keys.json"), json.dumps(list(keys)))
+        for row, key in enumerate(keys):
+            self._index.setdefault(key, (sid, row))
+        return sid
+
+
+def acquire(store: FeatureStore) -> FileLock:
+    """Take the store's writer lock or raise a one-line UserError saying another run holds it."""
+    lock = store.lock()
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"feature store {store.dir} is being written by another run (lock {lock.lock_file}); "
+                        f"wait for it to finish") from None
+    return lock
+
+
+def open_store(params: Params, paths: ProjectPaths) -> FeatureStore:
+    """The feature store for the configured backbone (created if new)."""
+    fp = feature_fingerprint(params.backbone, params.seed)
+    return FeatureStore(paths.features, fp, feature_identity(params.backbone, params.seed))
+
+
+def split_features(params: Params, paths: ProjectPaths, split: str):
+    """(features, labels, manifest rows) of one split under the current fingerprint."""
+    manifest = read_manifest(paths)
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    store = open_store(params, paths)
+    return store.get(rows["sha256"].tolist()), rows["label"].to_numpy(), rows, store.fingerprint

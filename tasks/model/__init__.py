@@ -1,0 +1,1 @@
+"""Models: the backbone catalog and builders, the head format and its fitters, the shipped torch classifier."""

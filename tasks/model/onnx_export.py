@@ -1,0 +1,35 @@
+"""torch -> ONNX: a model that takes uint8 NHWC `images`, exported with a dynamic batch axis, written atomically."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tasks.core.files import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def export_onnx(model: nn.Module, dest: Path, size: int, output_names: list[str], opset: int) -> Path:
+    """Export `model` (uint8 NHWC input named `images`) to ONNX with a dynamic batch axis, atomically.
+
+    Uses torch's TorchScript-based exporter when available (0.9 s for Lite0 here) and falls back to the dynamo
+    exporter (16 s here, the future default). The trace uses batch 2 so the batch axis stays symbolic.
+    """
+    import torch
+
+    model = model.eval()
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    dynamic = {"images": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+    with atomic_path(dest, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=output_names,
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
+        except (TypeError, RuntimeError, NotImplementedError):
+            torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=output_names,
+                              dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+                              opset_version=opset, dynamo=True, verbose=False)
+    return dest

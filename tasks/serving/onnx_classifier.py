@@ -1,0 +1,92 @@
+"""The shipped model as a server runs it: an ONNX classifier over raw uint8 images, read with its own metadata.
+
+Used by `evaluate` (score the artifact that ships), `predict` (files -> top-k) and the int8 check in `export`.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from tasks.core.errors import UserError
+from tasks.core.hardware import ort_providers, resolve_threads
+from tasks.dataset.images import load_checked, load_uint8
+
+
+@dataclass
+class Prediction:
+    """One input's outcome: probabilities, or the reason it could not be scored."""
+
+    path: str
+    probs: np.ndarray | None
+    error: str = ""
+
+
+class OnnxClassifier:
+    """An exported headstart model loaded in ONNX Runtime (CUDA provider when a GPU is present, else CPU)."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"model '{self.path}' not found; run the export stage first (python -m tasks.export)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = resolve_threads(threads)
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=ort_providers())
+        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+            raise UserError(f"model '{self.path}' is not a loadable ONNX model ({str(exc).splitlines()[0][:120]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "headstart.classes" not in meta:
+            raise UserError(f"model '{self.path}' has no headstart metadata (headstart.classes); was it exported by "
+                            f"headstart?")
+        self.metadata = meta
+        self.classes: list[str] = json.loads(meta["headstart.classes"])
+        contract = json.loads(meta["headstart.input"])
+        self.input_size: int = int(contract["size"][0])
+        self.resize: str = contract.get("resize", "pad")
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for a uint8 NHWC batch at the model's input size."""
+        return self.session.run(["probs"], {"images": np.ascontiguousarray(images)})[0]
+
+    def probs_batched(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities for any number of images, run `batch_size` at a time."""
+        if not len(images):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate([self.probs(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """Decode and resize one file exactly as training did."""
+        return load_uint8(path, self.input_size, self.resize)
+
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int = 1,
+                      max_pixels: int = 40_000_000) -> Iterator[Prediction]:
+        """Predictions in input order; unreadable or oversized files yield a Prediction with `error`, never raise."""
+
+        def decode(p) -> tuple[str, np.ndarray | None, str]:
+            array, reason = load_checked(p, self.input_size, self.resize, max_pixels)
+            return str(p), array, reason
+
+        def flush(batch):
+            good = [b for b in batch if b[1] is not None]
+            probs = self.probs(np.stack([b[1] for b in good])) if good else []
+            it = iter(probs)
+            return [Prediction(p, next(it) if arr is not None else None, err) for p, arr, err in batch]
+
+        batch: list = []
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for item in pool.map(decode, paths):
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    yield from flush(batch)
+                    batch = []
+            if batch:
+                yield from flush(batch)

@@ -1,0 +1,57 @@
+"""Scoring classifiers: headline and per-class metrics (scikit-learn), and exported ONNX models compared on the same
+decoded images of a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
+
+from tasks.core.errors import UserError
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths
+from tasks.dataset.images import load_many
+from tasks.dataset.manifest import read_manifest
+from tasks.serving.onnx_classifier import OnnxClassifier
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
+    """(headline metrics, per-class report) computed with scikit-learn."""
+    out = {"accuracy": float(accuracy_score(y_true, y_pred))}
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
+        out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
+    report = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
+    per_class = {c: {k: float(v) for k, v in report[c].items()} for c in classes}
+    return out, per_class
+
+
+def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, split: str | None = None,
+                 subsets: dict[str, set[str]] | None = None) -> dict[str, dict[str, dict]]:
+    """Headline metrics of exported ONNX models on a split of the current manifest, through ONNX Runtime from the
+    image files, which are decoded once for all models. `subsets` name extra views (rows whose sha256 is in the set);
+    the view "all" is the whole split. Labels a model does not know count as errors (a model that lacks a new class
+    pays for it). Returns {model name: {view: metrics}}."""
+    split = split or params.evaluate.split
+    manifest = read_manifest(paths)
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    if not len(rows):
+        raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
+    views = {"all": np.ones(len(rows), dtype=bool)}
+    views |= {name: rows["sha256"].isin(keys).to_numpy() for name, keys in (subsets or {}).items()}
+    classifiers = {name: OnnxClassifier(path) for name, path in models.items()}
+    sizes = {(c.input_size, c.resize) for c in classifiers.values()}
+    arrays = {key: load_many([paths.root / p for p in rows["path"]], *key) for key in sizes}
+    y = rows["label"].to_numpy()
+    out: dict[str, dict[str, dict]] = {}
+    for name, clf in classifiers.items():
+        probs = clf.probs_batched(arrays[(clf.input_size, clf.resize)])
+        pred = np.array(clf.classes)[probs.argmax(1)]
+        labels = sorted(set(y) | set(clf.classes))
+        out[name] = {}
+        for view, mask in views.items():
+            if mask.any():
+                m, _ = compute_metrics(y[mask], pred[mask], labels)
+                out[name][view] = m | {"n": int(mask.sum()), "split": split, "model": str(models[name])}
+    return out

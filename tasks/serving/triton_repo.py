@@ -1,0 +1,64 @@
+"""Triton model repository for the exported model: `<root>/<name>/{config.pbtxt, labels.txt, <version>/model.onnx}`.
+
+The config is written in Triton's protobuf text format (ModelConfig): platform `onnxruntime_onnx`, dims exclude the
+batch axis (which `max_batch_size` > 0 makes implicit), dynamic batching on, and `label_filename` on the `probs`
+output so Triton's classification extension returns class names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tasks.core.files import atomic_dir
+
+_NP_TO_TRITON = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}
+
+
+def config_pbtxt(name: str, input_size: int, n_classes: int, max_batch_size: int) -> str:
+    """The config.pbtxt text for a headstart classifier."""
+    return f"""name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "images"
+    data_type: TYPE_UINT8
+    format: FORMAT_NHWC
+    dims: [ {input_size}, {input_size}, 3 ]
+  }}
+]
+output [
+  {{
+    name: "logits"
+    data_type: TYPE_FP32
+    dims: [ {n_classes} ]
+  }},
+  {{
+    name: "probs"
+    data_type: TYPE_FP32
+    dims: [ {n_classes} ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+}}
+"""
+
+
+def write_triton_repo(onnx_path: Path, classes: list[str], input_size: int, root: Path, name: str,
+                      max_batch_size: int, version: int = 1) -> Path:
+    """Write the model folder atomically (replacing an older one) and return its path."""
+    dest = root / name
+    with atomic_dir(dest) as tmp:
+        (tmp / "config.pbtxt").write_text(config_pbtxt(name, input_size, len(classes), max_batch_size))
+        (tmp / "labels.txt").write_text("\n".join(classes) + "\n")
+        (tmp / str(version)).mkdir()
+        target = tmp / str(version) / "model.onnx"
+        try:
+            os.link(onnx_path, target)  # same bytes, no extra disk
+        except OSError:
+            shutil.copyfile(onnx_path, target)
+    return dest

@@ -1,0 +1,1 @@
+"""Fine-tuning internals: freezing and learning-rate groups, one epoch, checkpoints, learning curves."""
