@@ -47,7 +47,7 @@ print(json.dumps({"times": times, "extracted": out["features"].extracted, "hits"
 
 
 def scenario(root: Path, overrides: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(root), *overrides], cwd=root, env=env,
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])

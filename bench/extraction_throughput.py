@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +22,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.core.hardware import resolve_threads  # noqa: E402
-from tasks.core.params import load_params  # noqa: E402
-from tasks.dataset.images import load_uint8  # noqa: E402
+from tasks.core.hardware import resolve_threads
+from tasks.core.params import load_params
+from tasks.dataset.images import load_uint8
 from tasks.extraction.engines import OrtEngine, TorchEngine
-from tasks.extraction.extract import extract_to_store  # noqa: E402
-from tasks.extraction.feature_store import FeatureStore  # noqa: E402
-from tasks.model.backbones import build_backbone  # noqa: E402
+from tasks.extraction.extract import extract_to_store
+from tasks.extraction.feature_store import FeatureStore
+from tasks.model.backbones import build_backbone
 from tasks.model.image_model import ImageModel
 from tasks.model.onnx_export import export_onnx
 

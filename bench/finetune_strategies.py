@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import tasks.core.env  # noqa: F401  (telemetry defaults before anything imports prefect/dvc)
+from tasks.core.errors import exit_on_user_error
 
-import tasks.core.env  # noqa: E402,F401  (telemetry defaults before anything imports prefect/dvc)
-from tasks.core.errors import exit_on_user_error  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATASETS = {
     "fmnist": ["ingest.group_pattern=null", "backbone.input_size=64", "backbone.resize=squash"],

@@ -25,24 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from tasks.core.errors import UserError, exit_on_user_error  # noqa: E402
-from tasks.core.params import AugmentParams, BackboneParams, FinetuneParams  # noqa: E402
-from tasks.dataset.images import load_known  # noqa: E402
-from tasks.model.backbones import build_backbone  # noqa: E402
+from tasks.core.errors import UserError, exit_on_user_error
+from tasks.core.params import AugmentParams, BackboneParams, FinetuneParams
+from tasks.dataset.images import load_known
+from tasks.model.backbones import build_backbone
 from tasks.model.image_model import ImageModel
-from tasks.training.epoch import make_augment  # noqa: E402
-from tasks.training.freezing import apply_depth, backbone_units, param_groups, set_train_modes  # noqa: E402
+from tasks.training.epoch import make_augment
+from tasks.training.freezing import apply_depth, backbone_units, param_groups, set_train_modes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _augment(size: int):

@@ -10,7 +10,6 @@ Run:  .venv/bin/python bench/flops.py [--size 224] [--batch 32]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +18,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.core.hardware import resolve_threads  # noqa: E402
-from tasks.core.params import BackboneParams  # noqa: E402
+from tasks.core.hardware import resolve_threads
+from tasks.core.params import BackboneParams
 from tasks.extraction.engines import OrtEngine
-from tasks.model.backbones import build_backbone  # noqa: E402
+from tasks.model.backbones import build_backbone
 from tasks.model.image_model import ImageModel
 from tasks.model.onnx_export import export_onnx
 

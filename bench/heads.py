@@ -20,16 +20,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import tasks.core.env  # noqa: E402,F401
-from tasks.core.errors import UserError, exit_on_user_error  # noqa: E402
+import tasks.core.env  # noqa: F401
+from tasks.core.errors import UserError, exit_on_user_error
 
 HEADS = {
     "logreg": ["head.type=logreg"],

@@ -33,11 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so `python bench/scale_fmnist.py` works as well as `python -m bench.scale_fmnist`
-    sys.path.insert(0, str(ROOT))
+from tasks.core.errors import exit_on_user_error
 
-from tasks.core.errors import exit_on_user_error  # noqa: E402  (after the sys.path fix)
+ROOT = Path(__file__).resolve().parents[1]
 
 RSS_TARGET = 1.5
 OVERRIDES = ["ingest.group_pattern=null", "backbone.input_size=64", "ingest.val_fraction=0.1",

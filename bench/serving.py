@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,15 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.core.params import load_params  # noqa: E402
-from tasks.core.paths import default_paths  # noqa: E402
-from tasks.export import _split_images  # noqa: E402
-from tasks.model.head_format import Head  # noqa: E402
-from tasks.model.shipped_model import build_classifier  # noqa: E402
-from tasks.serving.int8 import quantize_int8  # noqa: E402
-from tasks.serving.onnx_classifier import OnnxClassifier  # noqa: E402
+from tasks.core.params import load_params
+from tasks.core.paths import default_paths
+from tasks.export import _split_images
+from tasks.model.head_format import Head
+from tasks.model.shipped_model import build_classifier
+from tasks.serving.int8 import quantize_int8
+from tasks.serving.onnx_classifier import OnnxClassifier
 
 
 def measure(run, images: np.ndarray, reps: int) -> tuple[float, float, np.ndarray]:

@@ -18,8 +18,8 @@ chunk of the missing images, each on a Dask worker. Design, and why:
   a single-process run (the feature of an image does not depend on its batch-mates, but this removes the question).
   Fewer chunks than `shards` are run when there are fewer batches than shards; nothing at all when nothing is missing.
 - **One core per task.** Each worker runs with `features.threads = 1` (and the LocalCluster with
-  `threads_per_worker=1`), so N workers on N cores do not oversubscribe them: torch with 2 threads was once 2.8x
-  slower than with 1 on this machine (DESIGN.md §5). On an external cluster, ask for as many shards as it has worker
+  `threads_per_worker=1`), so N workers on N cores do not oversubscribe them: several multi-threaded workers on
+  the same cores spend their time contending for them, not computing. On an external cluster, ask for as many shards as it has worker
   threads.
 - **The ONNX backbone is exported once**, by the coordinator, into `<store>/backbone.onnx` before fanning out; the
   workers only load the cached graph (no torch import, no racing exports).
@@ -29,7 +29,7 @@ chunk of the missing images, each on a Dask worker. Design, and why:
   paths, e.g. on a shared filesystem, and be able to import `tasks` and `flows` (this package installed).
 - **One Prefect API for all.** When the run has no `PREFECT_API_URL` (Prefect's temporary local server, as in
   `headstart run`), the workers are given this run's server URL; otherwise each worker process would start a
-  temporary server of its own (~15 s each, measured) and record its task run there. That server is on 127.0.0.1, so a
+  temporary server of its own (several seconds each) and record its task run there. That server is on 127.0.0.1, so a
   scheduler elsewhere needs `PREFECT_API_URL` set to a server its workers can reach (a one-line error says so).
 - The fan-out calls `DaskTaskRunner.submit` inside the flow rather than setting the flow's `task_runner`, because the
   cluster address is a flow parameter; the task runs are still recorded under this flow run. Chunk lists go to the

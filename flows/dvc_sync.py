@@ -28,8 +28,3 @@ def dvc_commit(root: Path) -> None:
         return  # not a DVC project (e.g. a plain directory run): nothing to record
     dvc_command(root, "commit", "--force", "--quiet")
 
-
-def dvc_status_clean(root: Path) -> bool:
-    """True when `dvc status` reports nothing to reproduce."""
-    out = dvc_command(root, "status", "--json")
-    return out.strip() in ("{}", "")

@@ -1,11 +1,12 @@
 """The retraining flow: new data in, a better-or-equal model out, never a worse one.
 
 detect new/changed/removed files under `ingest.source` -> (nothing new and a champion exists: stop) -> ingest
-(existing files keep their split) -> features (new images only) -> head -> export -> evaluate -> score the challenger
-(models/model.onnx) and the champion (models/champion/model.onnx) on the same current test split -> promote the
-challenger unless it is worse by more than `retrain.tolerance` on `retrain.metric` (else keep it under
-models/rejected/ with the reason; the champion is untouched) -> `dvc commit` -> `dvc push` (with `retrain.push`).
-Every stage is the same function `dvc repro` runs; flows only compose.
+(existing files keep their split) -> features (new images only) -> head -> finetune -> export -> evaluate -> score the
+challenger (models/model.onnx) and the champion (models/champion/model.onnx) on the same current test split and on
+the champion's hold-out -> promote the challenger unless it is worse by more than `retrain.tolerance` on
+`retrain.metric` (the rule: `tasks.serving.champions.decide`; else keep it under models/rejected/ with the reason; the
+champion is untouched) -> `dvc commit` -> `dvc push` (with `retrain.push`). Every stage is the same function
+`dvc repro` runs; flows only compose.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tasks.core.files import atomic_write_text
 from tasks.core.params import PARAMS_FILE, Params, load_params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.dataset.changes import detect_changes
-from tasks.dataset.manifest import read_manifest
+from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.serving.champions import champion_model, champion_test_keys, champion_version, decide, keep_rejected, promote
 from tasks.serving.scoring import score_models
 
@@ -57,8 +58,7 @@ def push_task(paths: ProjectPaths) -> None:
 
 def manifest_test_keys(paths: ProjectPaths) -> list[str]:
     """sha256 of the current test split (stored with a promoted model as its trusted hold-out)."""
-    m = read_manifest(paths)
-    return m.loc[m["split"] == "test", "sha256"].tolist()
+    return split_rows(read_manifest(paths), "test")["sha256"].tolist()
 
 
 @flow(name="headstart-retrain", log_prints=True)

@@ -1,4 +1,4 @@
-"""The training flow: ingest -> features -> head -> evaluate -> export, then record the run with DVC.
+"""The training flow: ingest -> features -> head -> finetune -> export -> evaluate, then record the run with DVC.
 
 Each Prefect task is a thin wrapper over the stage function in `tasks/` (the same functions `dvc repro` runs via
 `python -m tasks.<stage>`). After the stages, `dvc commit` records deps and outs in dvc.lock, so the repository

@@ -22,7 +22,7 @@ from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.images import load_many
-from tasks.dataset.manifest import read_manifest
+from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.extraction.feature_store import open_store
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
@@ -99,7 +99,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
         log("evaluate: the backbone was fine-tuned, so cached features no longer describe the model; scoring the ONNX")
         artifact = "onnx"
     manifest = read_manifest(paths)
-    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    rows = split_rows(manifest, split)
     y = rows["label"].to_numpy()
     if not len(y):
         raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")

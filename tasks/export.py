@@ -33,9 +33,9 @@ from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.images import load_many
-from tasks.dataset.manifest import read_manifest
+from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.extraction.engines import OrtEngine
-from tasks.extraction.fingerprint import feature_identity
+from tasks.extraction.fingerprint import feature_recipe
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
 from tasks.model.image_model import ImageModel
@@ -93,7 +93,7 @@ def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str,
                                        "size": [p.input_size, p.input_size], "resize": p.resize,
                                        "note": "resize on the client; scaling and normalisation are in the graph"}),
         "headstart.outputs": json.dumps({"logits": "raw scores (batch, classes)", "probs": "softmax of logits"}),
-        "headstart.backbone": json.dumps(feature_identity(p, params.seed)),
+        "headstart.backbone": json.dumps(feature_recipe(p, params.seed)),
         "headstart.fingerprint": head.fingerprint,
         "headstart.head": json.dumps({"kind": head.kind, "finetune": {k: tuned[k] for k in ("strategy", "kept",
                                       "best_epoch") if k in tuned}}),
@@ -135,8 +135,7 @@ def check_parity(model: ImageModel, onnx_path: Path, images: np.ndarray, toleran
 
 def _split_images(params: Params, paths: ProjectPaths, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to `limit` images of one split (sorted by sha256, so the choice is stable) and their labels."""
-    m = read_manifest(paths)
-    rows = m[m["split"] == split].sort_values("sha256").head(limit)
+    rows = split_rows(read_manifest(paths), split).sort_values("sha256").head(limit)
     size, mode = params.backbone.input_size, params.backbone.resize
     if not len(rows):
         return np.zeros((0, size, size, 3), np.uint8), np.array([], dtype=object)

@@ -24,12 +24,12 @@ import pandas as pd
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_path
-from tasks.core.params import Params
+from tasks.core.params import IngestParams, Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import Progress, log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.images import check_image
-from tasks.dataset.manifest import MANIFEST_COLUMNS, SPLITS
+from tasks.dataset.manifest import MANIFEST_COLUMNS, SPLITS, split_rows
 from tasks.dataset.sources import Candidate, list_candidates, resolve_source
 from tasks.dataset.splits import assign_splits, group_key, warn_collapsed_groups
 
@@ -69,35 +69,30 @@ def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]]) -
     return c
 
 
-def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSummary:
-    """Build the manifest and rejection list from `params.ingest.source`. Outputs are written atomically.
+def _previous(paths: ProjectPaths) -> tuple[pd.DataFrame | None, dict[str, tuple[int, int]]]:
+    """The last manifest (for sticky splits) and the (width, height) of every content it validated."""
+    if not paths.manifest.exists():
+        return None, {}
+    try:
+        previous = pd.read_parquet(paths.manifest)
+    except Exception:  # an unreadable old manifest only costs us the sticky splits
+        log(f"ingest: warning: could not read previous {paths.manifest}; splits will be re-drawn")
+        return None, {}
+    return previous, {r.sha256: (int(r.width), int(r.height)) for r in previous.itertuples()}
 
-    Guarantees: every manifest row decodes, is within the pixel limit and has a unique sha256; duplicates never
-    straddle splits; every class in val/test also has train rows; the result depends only on data and params.
-    """
-    paths = paths or default_paths()
-    p = params.ingest
-    t0 = time.perf_counter()
-    source = resolve_source(p, paths.root)
-    candidates, rejected = list_candidates(source, p, paths.root)
-    n_listed_rejects = len(rejected)  # rejected from their name alone, before inspection
 
-    previous = None
-    known: dict[str, tuple[int, int]] = {}
-    if paths.manifest.exists():
-        try:
-            previous = pd.read_parquet(paths.manifest)
-            known = {r.sha256: (int(r.width), int(r.height)) for r in previous.itertuples()}
-        except Exception:  # an unreadable old manifest only costs us the sticky splits
-            log(f"ingest: warning: could not read previous {paths.manifest}; splits will be re-drawn")
-            previous = None
-
+def _inspect_all(candidates: list[Candidate], p: IngestParams, known: dict[str, tuple[int, int]]) -> list[Candidate]:
+    """Hash and check every candidate in `p.workers` threads, with a progress bar."""
     with Progress(len(candidates), "ingest: checking images") as bar, ThreadPoolExecutor(p.workers) as pool:
         inspected = []
         for c in pool.map(lambda c: _inspect(c, p.max_pixels, known), candidates):
             inspected.append(c)
             bar.update(1)
+    return inspected
 
+
+def _keep_unique(inspected: list[Candidate], rejected: list[Candidate]) -> list[Candidate]:
+    """The usable candidates, one per content hash (the first by path); the rest are appended to `rejected`."""
     good: list[Candidate] = []
     first_by_sha: dict[str, Candidate] = {}
     for c in sorted(inspected, key=lambda c: c.rel):
@@ -111,16 +106,23 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
         else:
             first_by_sha[c.sha256] = c
             good.append(c)
+    return good
 
-    labels_seen = sorted({c.label for c in inspected} | {c.label for c in rejected if c.label})
-    usable_labels = {c.label for c in good}
-    for label in labels_seen:
-        if label not in usable_labels:
-            where = f"{p.source}/{label}" if source.is_dir() else f"label '{label}' in {p.source}"
+
+def _require_every_class(good: list[Candidate], seen: list[Candidate], p: IngestParams, source_is_dir: bool) -> None:
+    """One-line error for a class with no usable image, or no usable image at all."""
+    usable = {c.label for c in good}
+    for label in sorted({c.label for c in seen if c.label}):
+        if label not in usable:
+            where = f"{p.source}/{label}" if source_is_dir else f"label '{label}' in {p.source}"
             raise UserError(f"class '{label}' ({where}) has no usable images; add images or remove the class")
     if not good:
         raise UserError(f"ingest.source: '{p.source}' contains no usable images")
 
+
+def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """The manifest rows of the usable files, grouped and split; every val/test label must have train rows."""
+    p = params.ingest
     pattern = re.compile(p.group_pattern) if p.group_pattern else None
     df = pd.DataFrame(
         {
@@ -135,14 +137,17 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     )
     warn_collapsed_groups(df, p)
     df["split"] = assign_splits(df, p, params.seed, previous)
-    train_labels = set(df.loc[df["split"] == "train", "label"])
+    train_labels = set(split_rows(df, "train")["label"])
     for s in ("val", "test"):
-        unseen = sorted(set(df.loc[df["split"] == s, "label"]) - train_labels)
+        unseen = sorted(set(split_rows(df, s)["label"]) - train_labels)
         if unseen:
             raise UserError(f"label '{unseen[0]}' appears in {s} but has no train images ({p.source}); "
                             f"add train images for it or drop it")
-    df = df[MANIFEST_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
+    return df[MANIFEST_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
 
+
+def _write(df: pd.DataFrame, rejected: list[Candidate], paths: ProjectPaths) -> None:
+    """Manifest and rejection list, each written atomically."""
     with atomic_path(paths.manifest) as tmp:
         df.to_parquet(tmp, index=False)
     rej = pd.DataFrame({"path": [c.rel for c in rejected], "label": [c.label for c in rejected],
@@ -150,18 +155,21 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     with atomic_path(paths.rejected) as tmp:
         rej.to_csv(tmp, index=False)
 
+
+def _summarise(df: pd.DataFrame, rejected: list[Candidate], n_files: int, seconds: float,
+               paths: ProjectPaths) -> IngestSummary:
     reasons: dict[str, int] = {}
     for c in rejected:
         key = c.reason.split(" (")[0].split(" of ")[0].split(":")[0]
         reasons[key] = reasons.get(key, 0) + 1
     summary = IngestSummary(
-        n_files=len(candidates) + n_listed_rejects,
+        n_files=n_files,
         n_usable=len(df),
         n_rejected=len(rejected),
         per_split={s: int((df["split"] == s).sum()) for s in SPLITS},
         per_class={k: int(v) for k, v in df["label"].value_counts().sort_index().items()},
-        classes=sorted(usable_labels),
-        seconds=time.perf_counter() - t0,
+        classes=sorted(set(df["label"])),
+        seconds=seconds,
         manifest=str(paths.manifest),
         rejected=str(paths.rejected),
         reasons=reasons,
@@ -172,6 +180,27 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
         f"{summary.n_rejected} rejected{f' ({why})' if why else ''} -> {paths.rejected.relative_to(paths.root)}; "
         f"{summary.seconds:.1f}s")
     return summary
+
+
+def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSummary:
+    """Build the manifest and rejection list from `params.ingest.source`. Outputs are written atomically.
+
+    Guarantees: every manifest row decodes, is within the pixel limit and has a unique sha256; duplicates never
+    straddle splits; every class in val/test also has train rows; the result depends only on data and params.
+    """
+    paths = paths or default_paths()
+    p = params.ingest
+    t0 = time.perf_counter()
+    source = resolve_source(p, paths.root)
+    candidates, rejected = list_candidates(source, p, paths.root)  # `rejected`: by their name alone, so far
+    n_files = len(candidates) + len(rejected)
+    previous, known = _previous(paths)
+    inspected = _inspect_all(candidates, p, known)
+    good = _keep_unique(inspected, rejected)
+    _require_every_class(good, inspected + rejected, p, source.is_dir())
+    df = _manifest(good, params, previous)
+    _write(df, rejected, paths)
+    return _summarise(df, rejected, n_files, time.perf_counter() - t0, paths)
 
 
 def main(argv: list[str] | None = None) -> None:

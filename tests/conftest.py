@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-# no telemetry, no hub downloads, deliberate threads: set before anything heavy is imported
-os.environ.update({"ORT_DISABLE_TELEMETRY": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                   "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"})
-
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect" / "test"))
 
+# no telemetry, no hub downloads: tasks.core.env sets them (as it does for every entry point) before anything heavy
+import tasks.core.env  # noqa: E402,F401
 from tasks.core.params import load_params, write_overrides  # noqa: E402
 from tasks.core.paths import ProjectPaths  # noqa: E402
 
@@ -75,6 +74,20 @@ def make_project(dest: Path, raw: Path | None, overrides: list[str] = (), dvc: b
     return ProjectPaths(dest)
 
 
+def dvc_status_clean(root: Path) -> bool:
+    """True when `dvc status` reports nothing to reproduce."""
+    from flows.dvc_sync import dvc_command
+
+    return dvc_command(root, "status", "--json").strip() in ("{}", "")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def project_params(paths: ProjectPaths, overrides: list[str] = ()):
     """Validated params of a test project."""
     return load_params(paths.root / "params.yaml", list(overrides))
@@ -98,3 +111,8 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow-exports", action="store_true", default=False,
+                     help="also export the catalog's heaviest backbones (vgg16: 0.5 GB) in tests/test_backbones.py")

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from flows.dvc_sync import dvc_status_clean
-from tests.conftest import make_project, run
+from tests.conftest import dvc_status_clean, make_project, run
 
 
 @pytest.fixture(scope="module")

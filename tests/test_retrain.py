@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from flows.dvc_sync import dvc_status_clean
 from tasks.core.params import write_overrides
-from tests.conftest import make_project, run
+from tests.conftest import dvc_status_clean, make_project, run
 
 CLASSES = ("animals", "food", "transportation")
 

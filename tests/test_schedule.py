@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 
-from flows.server import free_port, wait_healthy
-from tests.conftest import make_project, venv_env
+from flows.server import wait_healthy
+from tests.conftest import free_port, make_project, venv_env
 
 
 def _completed_runs(api: str, env: dict) -> list[str]:

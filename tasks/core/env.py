@@ -29,7 +29,7 @@ def apply() -> None:
     for key, value in NO_TELEMETRY.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(project_root() / ".prefect"))
-    # the temporary API server's default 20 s start-up limit fails on a loaded 2-core machine (seen here)
+    # the temporary API server's default 20 s start-up limit is too short on a small machine busy with other work
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # the embedded API server's access log is noise in a CLI run; flow and task logs stay at INFO
     os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -62,15 +63,22 @@ def atomic_write_text(dest: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
-    """Write `data` to `dest` atomically."""
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(data)
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` (same bytes, no extra disk), or copy it where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes. Memoised per process on (path, size, mtime): a run that asks about the same
+    unchanged file many times (the backbone weights, for every fingerprint) reads it once."""
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

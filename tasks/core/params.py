@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.core.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # ingest's default; predict's
 
 
 class _Section(BaseModel):
@@ -31,9 +32,7 @@ class IngestParams(_Section):
         description="regex on the file stem; files with the same match (per class) share a split. null = no grouping",
     )
     max_pixels: int = Field(40_000_000, gt=0, description="reject images with more pixels than this")
-    extensions: list[str] = Field(
-        default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
-    )
+    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     workers: int = Field(2, ge=1, description="threads decoding images to validate them")
 
     @model_validator(mode="after")
@@ -44,10 +43,10 @@ class IngestParams(_Section):
 
 
 class BackboneParams(_Section):
-    name: str = Field("tf_efficientnet_lite0", description="a registry name, or timm:<name> / torchvision:<name>")
+    name: str = Field("tf_efficientnet_lite0", description="a catalog name, or timm:<name> / torchvision:<name>")
     weights: str = Field(
         "default",
-        description="default (the registry's source), package, random, file:<path>, or hub[:<tag>] (needs internet)",
+        description="default (the catalog's source), package, random, file:<path>, or hub[:<tag>] (needs internet)",
     )
     input_size: int = Field(224, ge=32, le=1024)
     resize: Literal["pad", "crop", "squash"] = Field(
@@ -226,18 +225,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of the raw params dict with dotted overrides applied (values parsed as YAML)."""
-    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+def _set_dotted(doc, overrides: list[str]):
+    """Apply dotted overrides in place to a nested mapping (a dict, or ruamel's commented map); return it."""
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node = doc
         for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            if part not in node:
+                node[part] = {}
+            node = node[part]
+            if not hasattr(node, "keys"):
                 raise UserError(f"override '{text}': '{part}' is not a section")
         node[path[-1]] = value
-    return data
+    return doc
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of the raw params dict with dotted overrides applied (values parsed as YAML)."""
+    return _set_dotted(yaml.safe_load(yaml.safe_dump(data)) or {}, overrides)
 
 
 def validate(data: dict, source: str = PARAMS_FILE) -> Params:
@@ -290,14 +295,7 @@ def write_overrides(overrides: list[str], path: str | Path = PARAMS_FILE) -> Par
         from ruamel.yaml.comments import CommentedMap
 
         doc = CommentedMap()
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = doc
-        for part in keys[:-1]:
-            if part not in node:
-                node[part] = {}
-            node = node[part]
-        node[keys[-1]] = value
+    _set_dotted(doc, overrides)
     buf = io.StringIO()
     rt.dump(doc, buf)
     atomic_write_text(path, buf.getvalue())

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
-
-T = TypeVar("T")
 
 
 def log(msg: str) -> None:
@@ -48,10 +45,3 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def track(items: Iterable[T], total: int, desc: str, unit: str = "img") -> Iterator[T]:
-    """Iterate `items`, reporting progress one item at a time."""
-    with Progress(total, desc, unit) as bar:
-        for item in items:
-            yield item
-            bar.update(1)

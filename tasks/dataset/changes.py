@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from tasks.core.files import sha256_file
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.manifest import read_rejected
@@ -42,7 +42,7 @@ def detect_changes(params: Params, paths: ProjectPaths) -> DataChanges:
     for c in candidates + named_rejects:
         present.add(c.rel)
         if c.rel in known:
-            if c.path.exists() and hashlib.sha256(c.path.read_bytes()).hexdigest() != known[c.rel]:
+            if c.path.exists() and sha256_file(c.path) != known[c.rel]:
                 out.changed.append(c.rel)
         elif c.rel not in rejected:
             out.new.append(c.rel)

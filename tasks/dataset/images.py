@@ -24,9 +24,8 @@ WHITE = (255, 255, 255)
 
 @dataclass(frozen=True)
 class ImageCheck:
-    """Outcome of validating one file: ok with its size, or a rejection reason."""
+    """Outcome of validating one file: its size, and a rejection reason ("" when it is usable)."""
 
-    ok: bool
     width: int = 0
     height: int = 0
     reason: str = ""
@@ -46,21 +45,21 @@ def check_image(source: str | Path | io.BytesIO, max_pixels: int) -> ImageCheck:
     try:
         empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else Path(source).stat().st_size == 0
         if empty:
-            return ImageCheck(False, reason="empty file (0 bytes)")
+            return ImageCheck(reason="empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    return ImageCheck(False, w, h, _too_large(w, h, max_pixels))
+                    return ImageCheck(w, h, _too_large(w, h, max_pixels))
                 if w == 0 or h == 0:
-                    return ImageCheck(False, w, h, "image has zero width or height")
+                    return ImageCheck(w, h, "image has zero width or height")
                 img.load()
-        return ImageCheck(True, w, h)
+        return ImageCheck(w, h)
     except UnidentifiedImageError:
-        return ImageCheck(False, reason="not an image (format not recognised)")
+        return ImageCheck(reason="not an image (format not recognised)")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return ImageCheck(False, reason=_corrupt(exc))
+        return ImageCheck(reason=_corrupt(exc))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

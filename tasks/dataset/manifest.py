@@ -27,3 +27,8 @@ def read_rejected(paths: ProjectPaths) -> pd.DataFrame:
     if not paths.rejected.exists():
         return pd.DataFrame(columns=["path", "label", "reason"])
     return pd.read_csv(paths.rejected)
+
+
+def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split, in manifest order, re-indexed from 0."""
+    return manifest[manifest["split"] == split].reset_index(drop=True)

@@ -1,13 +1,13 @@
 """Inference engines for uint8 NHWC batches: torch (eager, channels_last) and ONNX Runtime.
 
-`auto` picks ONNX Runtime on CPU (measured ~3x faster than torch channels_last for Lite0 on this CPU, DESIGN.md §5)
-and torch on CUDA. Both run the same `ImageModel`, so they agree to float rounding (a test holds them to 1e-4).
+`auto` picks ONNX Runtime on CPU (its fused CPU kernels run these backbones several times faster than torch's; the
+ratio is in bench/RESULTS.md) and torch on CUDA. Both run the same `ImageModel`, so they agree to float rounding (a test holds them to 1e-4).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,12 +25,6 @@ def resolve_engine(engine: str) -> str:
     if engine == "auto":
         return "torch" if cuda_available() else "onnxruntime"
     return engine
-
-
-class Engine(Protocol):
-    name: str
-
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 class TorchEngine:
@@ -71,7 +65,7 @@ class OrtEngine:
         opts = ort.SessionOptions()
         if not spin:
             # Idle ORT threads otherwise busy-wait for ~ms between runs, stealing the core the decode thread needs;
-            # measured on 2 cores: same end-to-end throughput, far less wasted CPU.
+            # with decode threads beside it, spinning buys no throughput and burns the core they need.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = resolve_threads(threads)

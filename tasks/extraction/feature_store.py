@@ -1,7 +1,7 @@
 """Content-addressed feature store: rows keyed by image sha256, in a few large memory-mappable shards.
 
 Layout of `data/features/<fingerprint>/`:
-    identity.json              what the fingerprint hashes (backbone, weights, preprocessing, ...)
+    recipe.json              what the fingerprint hashes (backbone, weights, preprocessing, ...)
     shard-000000.npy           float32 (rows, dim), written to a temp name and renamed
     shard-000000.keys.json     the rows' sha256 keys; written after its .npy: a shard exists once this file does
 A crash loses at most the shard being written (an .npy without keys is an orphan, removed on the next open).
@@ -21,37 +21,48 @@ from tasks.core.errors import UserError
 from tasks.core.files import atomic_path, atomic_write_text
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
-from tasks.dataset.manifest import read_manifest
-from tasks.extraction.fingerprint import feature_fingerprint, feature_identity
+from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.extraction.fingerprint import feature_fingerprint, feature_recipe
 
-_SHARD = re.compile(r"^shard-(\d{6})\.npy$")
+_SHARD = re.compile(r"^\.?shard-(\d{6})")  # shard-000042.npy, its .keys.json, and their temp files (.shard-...)
 
 
 class FeatureStore:
     """Read and append feature rows for one fingerprint."""
 
-    def __init__(self, root: Path, fingerprint: str, identity: dict | None = None):
+    def __init__(self, root: Path, fingerprint: str, recipe: dict | None = None):
         self.dir = Path(root) / fingerprint
         self.fingerprint = fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
-        if identity is not None and not (self.dir / "identity.json").exists():
-            atomic_write_text(self.dir / "identity.json", json.dumps(identity, indent=2, sort_keys=True))
+        if recipe is not None and not (self.dir / "recipe.json").exists():
+            atomic_write_text(self.dir / "recipe.json", json.dumps(recipe, indent=2, sort_keys=True))
         self._index: dict[str, tuple[int, int]] = {}
         self._shards: dict[int, np.ndarray] = {}
         self._load_index()
 
+    def _shard_path(self, sid: int) -> Path:
+        return self.dir / f"shard-{sid:06d}.npy"
+
+    def _committed_shards(self) -> list[tuple[int, list[str]]]:
+        """(shard id, its keys) of every shard whose keys file exists, in id order. An .npy without its keys file is
+        the orphan of an interrupted write: ignored here, removed by `clean_orphans`."""
+        out = []
+        for npy in sorted(self.dir.glob("shard-*.npy")):
+            keys_file = npy.with_suffix(".keys.json")
+            if (m := _SHARD.match(npy.name)) and keys_file.exists():
+                out.append((int(m.group(1)), json.loads(keys_file.read_text())))
+        return out
+
+    def shards(self):
+        """(keys, memory-mapped rows) of each committed shard, in id order."""
+        for sid, keys in self._committed_shards():
+            yield keys, self._shard(sid)
+
     def _load_index(self) -> None:
         self._index.clear()
         self._shards.clear()
-        for npy in sorted(self.dir.glob("shard-*.npy")):
-            m = _SHARD.match(npy.name)
-            if not m:
-                continue
-            keys_file = npy.with_suffix(".keys.json")
-            if not keys_file.exists():
-                continue  # orphan of an interrupted write; ignored (cleaned by writers under the lock)
-            sid = int(m.group(1))
-            for row, key in enumerate(json.loads(keys_file.read_text())):
+        for sid, keys in self._committed_shards():
+            for row, key in enumerate(keys):
                 self._index.setdefault(key, (sid, row))
 
     def __contains__(self, key: str) -> bool:
@@ -71,7 +82,7 @@ class FeatureStore:
 
     def _shard(self, sid: int) -> np.ndarray:
         if sid not in self._shards:
-            self._shards[sid] = np.load(self.dir / f"shard-{sid:06d}.npy", mmap_mode="r")
+            self._shards[sid] = np.load(self._shard_path(sid), mmap_mode="r")
         return self._shards[sid]
 
     def get(self, keys: list[str]) -> np.ndarray:
@@ -104,7 +115,7 @@ class FeatureStore:
         """Remove .npy files whose keys file never got written (call while holding the lock)."""
         n = 0
         for npy in self.dir.glob("shard-*.npy"):
-            if _SHARD.match(npy.name) and not npy.with_suffix(".keys.json").exists():
+            if not npy.with_suffix(".keys.json").exists():
                 npy.unlink(missing_ok=True)
                 n += 1
         for tmp in self.dir.glob(".shard-*"):
@@ -115,9 +126,9 @@ class FeatureStore:
         """Write one new shard atomically (features first, then keys = commit). Returns its id."""
         if len(keys) != len(features):
             raise ValueError("keys and features differ in length")
-        ids = [int(m.group(1)) for p in self.dir.glob("shard-*") if (m := re.match(r"^shard-(\d{6})", p.name))]
+        ids = [int(m.group(1)) for p in self.dir.iterdir() if (m := _SHARD.match(p.name))]
         sid = max(ids, default=-1) + 1
-        npy = self.dir / f"shard-{sid:06d}.npy"
+        npy = self._shard_path(sid)
         with atomic_path(npy, suffix=".npy") as tmp:
             np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
         atomic_write_text(npy.with_suffix(".keys.json"), json.dumps(list(keys)))
@@ -140,12 +151,12 @@ def acquire(store: FeatureStore) -> FileLock:
 def open_store(params: Params, paths: ProjectPaths) -> FeatureStore:
     """The feature store for the configured backbone (created if new)."""
     fp = feature_fingerprint(params.backbone, params.seed)
-    return FeatureStore(paths.features, fp, feature_identity(params.backbone, params.seed))
+    return FeatureStore(paths.features, fp, feature_recipe(params.backbone, params.seed))
 
 
 def split_features(params: Params, paths: ProjectPaths, split: str):
     """(features, labels, manifest rows) of one split under the current fingerprint."""
     manifest = read_manifest(paths)
-    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    rows = split_rows(manifest, split)
     store = open_store(params, paths)
     return store.get(rows["sha256"].tolist()), rows["label"].to_numpy(), rows, store.fingerprint

@@ -6,19 +6,19 @@ import hashlib
 import json
 
 from tasks.core.params import BackboneParams
-from tasks.model.backbone_catalog import resolve_spec, weights_identity
+from tasks.model.backbone_catalog import resolve_spec, weights_key
 
 FEATURE_VERSION = 1  # bump when anything about how features are computed changes
 
 
-def feature_identity(p: BackboneParams, seed: int = 0) -> dict:
+def feature_recipe(p: BackboneParams, seed: int = 0) -> dict:
     """Everything that changes a feature vector (backbone, weights, preprocessing, layer, input size)."""
     spec = resolve_spec(p.name)
     return {
         "v": FEATURE_VERSION,
         "backbone": spec.name,
         "arch": f"{spec.library}:{spec.arch}",
-        "weights": weights_identity(p, seed),
+        "weights": weights_key(p, seed),
         "size": p.input_size,
         "resize": p.resize,
         "mean": list(spec.mean),
@@ -28,8 +28,8 @@ def feature_identity(p: BackboneParams, seed: int = 0) -> dict:
 
 
 def feature_fingerprint(p: BackboneParams, seed: int = 0) -> str:
-    """Directory name for this backbone's features: readable prefix + hash of `feature_identity`."""
-    ident = feature_identity(p, seed)
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-    safe = ident["backbone"].replace(":", "-").replace("/", "-")
+    """Directory name for this backbone's features: readable prefix + hash of `feature_recipe`."""
+    recipe = feature_recipe(p, seed)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    safe = recipe["backbone"].replace(":", "-").replace("/", "-")
     return f"{safe}-{p.input_size}-{digest}"

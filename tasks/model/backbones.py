@@ -154,4 +154,7 @@ def _ordered_blocks(model: nn.Module, spec: BackboneSpec) -> list[nn.Module]:
     if spec.blocks_attr == "layer":  # torchvision ResNets: layer1..layer4
         return [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
     container = getattr(model, spec.blocks_attr, None)
-    return list(container) if isinstance(container, nn.Sequential) else []
+    if not isinstance(container, nn.Sequential):
+        return []
+    # parameterless layers (VGG's ReLU and max-pool between convolutions) are no block: unfreezing one trains nothing
+    return [m for m in container if any(True for _ in m.parameters())]

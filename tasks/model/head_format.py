@@ -41,10 +41,6 @@ class Head:
             raise UserError(f"{path} was trained on features {self.fingerprint}, but params select {fingerprint}; "
                             f"re-run the head stage first")
 
-    @property
-    def feature_dim(self) -> int:
-        return int(self.layers[0][0].shape[1])
-
     def logits(self, feats: np.ndarray) -> np.ndarray:
         z = (feats.astype(np.float64) - self.mean) / self.scale
         for i, (w, b) in enumerate(self.layers):

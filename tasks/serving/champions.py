@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tasks.core.files import atomic_write_text
+from tasks.core.files import atomic_write_text, link_or_copy
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.serving.triton_repo import config_pbtxt
@@ -50,13 +50,6 @@ def champion_model(paths: ProjectPaths) -> Path | None:
     return path if path.exists() else None
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def champion_test_keys(paths: ProjectPaths) -> set[str] | None:
     """sha256 of the test images the champion was judged on (its trusted hold-out), or None."""
     f = champion_link(paths) / "test_keys.json"
@@ -80,7 +73,7 @@ def promote(paths: ProjectPaths, metrics: dict, record: dict, input_size: int, t
     for name in ARTIFACTS:
         src = paths.models / name
         if src.exists():
-            _link_or_copy(src, tmp / name)
+            link_or_copy(src, tmp / name)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (tmp / "promotion.json").write_text(json.dumps(record | {"version": version}, indent=2))
     if test_keys is not None:
@@ -91,7 +84,7 @@ def promote(paths: ProjectPaths, metrics: dict, record: dict, input_size: int, t
     triton = paths.models / "serving" / "triton" / triton_name
     vdir = triton / str(version)
     vdir.mkdir(parents=True, exist_ok=True)
-    _link_or_copy(final / "model.onnx", vdir / "model.onnx")
+    link_or_copy(final / "model.onnx", vdir / "model.onnx")
     classes = (final / "labels.txt").read_text().split("\n")
     classes = [c for c in classes if c]
     atomic_write_text(triton / "labels.txt", "\n".join(classes) + "\n")

@@ -10,7 +10,7 @@ from tasks.core.files import atomic_write_text
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.manifest import read_rejected
-from tasks.extraction.fingerprint import feature_identity
+from tasks.extraction.fingerprint import feature_recipe
 from tasks.model.finetune_record import finetune_summary
 
 
@@ -20,7 +20,7 @@ def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame
     counts = pd.crosstab(manifest["label"], manifest["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
     n_rejected = len(read_rejected(paths))
     export = json.loads((paths.metrics / "export.json").read_text()) if (paths.metrics / "export.json").exists() else {}
-    ident = feature_identity(params.backbone, params.seed)
+    recipe = feature_recipe(params.backbone, params.seed)
     tuned = finetune_summary(paths)
     if tuned.get("kept") == "finetuned":
         training = (f"then fine-tuned end to end ({tuned['strategy']}, {tuned['init']} init; epoch "
@@ -41,8 +41,8 @@ def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame
 
 ## What it is
 An image classifier over {len(per_class)} classes: {", ".join(per_class)}.
-Backbone `{ident['backbone']}` ({ident['arch']}, weights {ident['weights'][:16]}…, pretrained on ImageNet-1k unless
-`backbone.weights` says otherwise), pooled features (`{ident['layer']}`), and a {params.head.type} head
+Backbone `{recipe['backbone']}` ({recipe['arch']}, weights {recipe['weights'][:16]}…, pretrained on ImageNet-1k unless
+`backbone.weights` says otherwise), pooled features (`{recipe['layer']}`), and a {params.head.type} head
 (C={params.head.C}, class weights {params.head.class_weight}) {training}.
 
 ## Input and output

@@ -15,7 +15,7 @@ import numpy as np
 
 from tasks.core.errors import UserError
 from tasks.core.hardware import ort_providers, resolve_threads
-from tasks.dataset.images import load_checked, load_uint8
+from tasks.dataset.images import load_checked
 
 
 @dataclass
@@ -62,10 +62,6 @@ class OnnxClassifier:
         if not len(images):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.concatenate([self.probs(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-
-    def load(self, path: str | Path) -> np.ndarray:
-        """Decode and resize one file exactly as training did."""
-        return load_uint8(path, self.input_size, self.resize)
 
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int = 1,
                       max_pixels: int = 40_000_000) -> Iterator[Prediction]:

@@ -19,10 +19,9 @@ import pandas as pd
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text
+from tasks.core.params import IMAGE_EXTENSIONS
 from tasks.core.progress import Progress, log
 from tasks.serving.onnx_classifier import OnnxClassifier
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def collect_inputs(items: list[str]) -> list[Path]:

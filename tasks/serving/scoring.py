@@ -12,7 +12,7 @@ from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.images import load_many
-from tasks.dataset.manifest import read_manifest
+from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.serving.onnx_classifier import OnnxClassifier
 
 
@@ -34,8 +34,7 @@ def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, s
     the view "all" is the whole split. Labels a model does not know count as errors (a model that lacks a new class
     pays for it). Returns {model name: {view: metrics}}."""
     split = split or params.evaluate.split
-    manifest = read_manifest(paths)
-    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    rows = split_rows(read_manifest(paths), split)
     if not len(rows):
         raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
     views = {"all": np.ones(len(rows), dtype=bool)}

@@ -7,13 +7,9 @@ output so Triton's classification extension returns class names.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from tasks.core.files import atomic_dir
-
-_NP_TO_TRITON = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}
+from tasks.core.files import atomic_dir, link_or_copy
 
 
 def config_pbtxt(name: str, input_size: int, n_classes: int, max_batch_size: int) -> str:
@@ -56,9 +52,5 @@ def write_triton_repo(onnx_path: Path, classes: list[str], input_size: int, root
         (tmp / "config.pbtxt").write_text(config_pbtxt(name, input_size, len(classes), max_batch_size))
         (tmp / "labels.txt").write_text("\n".join(classes) + "\n")
         (tmp / str(version)).mkdir()
-        target = tmp / str(version) / "model.onnx"
-        try:
-            os.link(onnx_path, target)  # same bytes, no extra disk
-        except OSError:
-            shutil.copyfile(onnx_path, target)
+        link_or_copy(onnx_path, tmp / str(version) / "model.onnx")
     return dest

@@ -1,8 +1,8 @@
 """Training checkpoints: everything needed to continue a run as if it had never stopped, written atomically.
 
-A checkpoint holds the model, optimizer, LR scheduler and AMP scaler states, the epoch it completed, the history so
-far, the best epoch and metric, every RNG state (Python, NumPy, torch CPU and CUDA) and an identity hash of the
-settings and data. A checkpoint from other settings or data is never resumed.
+The fine-tune run's `last.pt` holds the model, optimizer, LR scheduler and AMP scaler states, the epoch it completed,
+the history so far (from which the best epoch follows), every RNG state (Python, NumPy, torch CPU and CUDA) and a
+checkpoint key: a hash of the settings, head and data. A checkpoint with another key is never resumed.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, identity: str) -> dict | None:
-    """The checkpoint at `path` if it exists and was written with the same identity, else None."""
+def load_checkpoint(path: Path, key: str) -> dict | None:
+    """The checkpoint at `path` if it exists and was written under the same checkpoint key, else None."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception:  # a checkpoint we cannot read is not worth failing the run for: start fresh
         return None
-    return state if state.get("identity") == identity else None
+    return state if state.get("key") == key else None

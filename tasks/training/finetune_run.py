@@ -1,0 +1,300 @@
+"""One fine-tuning run, in named steps: prepare (data, model, optimizer), resume or start (epoch 0 = the frozen head),
+one epoch at a time (train, score, checkpoint), then write what is kept.
+
+The frozen head is scored on val as epoch 0. After each epoch the model is scored on val; the best epoch (val accuracy,
+ties: val loss) is kept. If no epoch beats epoch 0 the head on frozen features ships. Training stops after
+`finetune.patience` epochs without a better fine-tuned epoch.
+
+Every epoch ends with an atomic checkpoint in `models/checkpoints/finetune/`. A run that finds a checkpoint with the
+same checkpoint key (settings, head and data) continues after its epoch and, on CPU, reaches bitwise the same weights
+as an uninterrupted run: each epoch's shuffling and augmentation are seeded from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks.core.errors import UserError
+from tasks.core.files import atomic_path
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths
+from tasks.core.progress import log
+from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.dataset.pixel_cache import prune, split_pixels
+from tasks.extraction.fingerprint import feature_fingerprint
+from tasks.model.backbones import build_backbone
+from tasks.model.finetune_record import clear_finetune_outputs, head_sha256, write_finetune_summary
+from tasks.model.head_format import Head
+from tasks.model.image_model import ImageModel
+from tasks.model.torch_head import HeadModule, random_like
+from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint
+from tasks.training.curves import plot_curves
+from tasks.training.epoch import (
+    autocast_for,
+    batches_per_epoch,
+    make_augment,
+    resolve_device_and_amp,
+    score,
+    train_pass,
+)
+from tasks.training.freezing import (
+    Units,
+    apply_depth,
+    backbone_units,
+    check_strategy,
+    depth_at,
+    param_groups,
+    set_train_modes,
+    warmup_cosine,
+)
+
+FIT_SAMPLE = 256  # train images scored without augmentation after every epoch (the "train sample" loss)
+
+
+@dataclass
+class Run:
+    """Everything one fine-tuning run works with, built once by `prepare`."""
+
+    params: Params
+    paths: ProjectPaths
+    device: torch.device
+    amp: str
+    autocast: Callable
+    probe: Head
+    units: Units
+    model: ImageModel
+    forward: Callable  # the model, or its torch.compile'd twin
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    augment: Callable
+    x_train: np.ndarray
+    y_train: torch.Tensor
+    x_val: np.ndarray
+    y_val: torch.Tensor
+    fit_idx: np.ndarray
+    checkpoint_key: str
+    steps_per_epoch: int
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.paths.checkpoints / "finetune"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    def best_ckpt(self, epoch: int) -> Path:
+        """One file per best epoch: a kill between two writes never mislabels one."""
+        return self.ckpt_dir / f"best-{epoch:04d}.pt"
+
+    def score(self, images: np.ndarray, labels: torch.Tensor) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) of the model in eval mode."""
+        return score(self.model, images, labels, self.device, self.autocast)
+
+    def score_val_and_fit(self) -> tuple[float, float, float]:
+        """(val loss, val accuracy, loss on the un-augmented train sample)."""
+        vloss, vacc = self.score(self.x_val, self.y_val)
+        floss, _ = self.score(self.x_train[self.fit_idx], self.y_train[self.fit_idx])
+        return vloss, vacc, floss
+
+
+def checkpoint_key(params: Params, paths: ProjectPaths, rows: pd.DataFrame) -> str:
+    """Hash of everything a checkpoint depends on: the params that shape training, the head and the data."""
+    h = hashlib.sha256(json.dumps({k: params.model_dump(mode="json")[k] for k in ("seed", "backbone", "finetune")},
+                                  sort_keys=True).encode())
+    h.update(paths.head.read_bytes())
+    h.update("".join(rows["sha256"] + rows["split"] + rows["label"]).encode())
+    return h.hexdigest()
+
+
+def best_epoch(rows: list[dict]) -> dict:
+    """{epoch, val_accuracy, val_loss} of the best history row: highest val accuracy, ties to the lower val loss,
+    then to the earlier epoch."""
+    top = max(rows, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+    return {k: top[k] for k in ("epoch", "val_accuracy", "val_loss")}
+
+
+def epochs_since_best_tuned(history: list[dict]) -> int:
+    """Epochs run since the best fine-tuned epoch. Early stopping counts from there, not from epoch 0: LP-FT often
+    dips below the frozen head for an epoch or two and then passes it, and stopping in the dip would waste the run.
+    (Which model ships still compares against epoch 0.)"""
+    tuned = history[1:]
+    return tuned[-1]["epoch"] - best_epoch(tuned)["epoch"] if tuned else 0
+
+
+def _split_data(params: Params, paths: ProjectPaths, probe: Head):
+    """(train rows, val rows, all rows, class index) of the manifest, checked against the probe's classes."""
+    manifest = read_manifest(paths)
+    train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
+    rows = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
+    if not len(val_rows):
+        raise UserError("finetune needs a val split to choose the epoch to keep; set ingest.val_fraction > 0")
+    unknown = sorted(set(rows["label"]) - set(probe.classes))
+    if unknown:
+        raise UserError(f"label '{unknown[0]}' is not a class of {paths.head}; re-run the head stage")
+    return train_rows, val_rows, rows, {c: i for i, c in enumerate(probe.classes)}
+
+
+def prepare(params: Params, paths: ProjectPaths) -> Run:
+    """Device, the probe head, the backbone cut into units, the decoded splits, the model and its optimizer."""
+    p = params.finetune
+    device, amp = resolve_device_and_amp(p)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    probe = Head.load(paths.head)
+    probe.require_features(feature_fingerprint(params.backbone, params.seed), paths.head)
+    augment = make_augment(p.augment, params.backbone.input_size)
+    loaded = build_backbone(params.backbone, params.seed)
+    units = backbone_units(loaded.model, loaded.blocks)
+    check_strategy(p, units, params.backbone.name)
+    train_rows, val_rows, rows, index = _split_data(params, paths, probe)
+    size, mode = params.backbone.input_size, params.backbone.resize
+    x_train = split_pixels(train_rows, paths, size, mode, "finetune: decoding train")
+    x_val = split_pixels(val_rows, paths, size, mode, "finetune: decoding val")
+    prune(paths, {Path(x_train.filename), Path(x_val.filename)})
+    fit_idx = np.random.default_rng(params.seed).permutation(len(train_rows))[:FIT_SAMPLE]
+    fit_idx.sort()
+
+    model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(probe)).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(param_groups(model.head, units, p), betas=(0.9, 0.999))
+    steps_per_epoch = batches_per_epoch(len(train_rows), p.batch_size)
+    total, warmup = p.epochs * steps_per_epoch, int(round(p.warmup_epochs * steps_per_epoch))
+    return Run(
+        params, paths, device, amp, autocast_for(device, amp), probe, units, model,
+        torch.compile(model) if p.compile else model, opt,
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup)),
+        torch.amp.GradScaler("cuda", enabled=amp == "fp16"), augment,
+        x_train, torch.as_tensor(train_rows["label"].map(index).to_numpy(dtype=np.int64, copy=True)),
+        x_val, torch.as_tensor(val_rows["label"].map(index).to_numpy(dtype=np.int64, copy=True)),
+        fit_idx, checkpoint_key(params, paths, rows), steps_per_epoch,
+    )
+
+
+def resume_or_start(run: Run) -> tuple[list[dict], int]:
+    """(history, first epoch to run): from the last checkpoint of the same key, else a fresh start whose epoch 0 is
+    the frozen head, scored exactly as every later epoch."""
+    resumed = load_checkpoint(run.last_ckpt, run.checkpoint_key)
+    if resumed is not None:
+        run.model.load_state_dict(resumed["model"])
+        run.opt.load_state_dict(resumed["optimizer"])
+        run.sched.load_state_dict(resumed["scheduler"])
+        run.scaler.load_state_dict(resumed["scaler"])
+        restore_rng(resumed["rng"])
+        best = best_epoch(resumed["history"])
+        log(f"finetune: resuming after epoch {resumed['epoch']} from {run.last_ckpt.relative_to(run.paths.root)} "
+            f"(best so far: epoch {best['epoch']}, val acc {best['val_accuracy']:.4f})")
+        return resumed["history"], resumed["epoch"] + 1
+    shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    vloss, vacc, floss = run.score_val_and_fit()
+    if run.params.finetune.init == "random":  # LP-FT off: fine-tune from a fresh head (epoch 0 still scores the probe)
+        fresh = HeadModule(random_like(run.probe, run.params.seed)).to(run.device)
+        run.model.head.load_state_dict(fresh.state_dict())
+    log(f"finetune: epoch 0 (frozen head): val acc {vacc:.4f}, val loss {vloss:.4f}")
+    return [{"epoch": 0, "depth": 0, "lr_head": 0.0, "train_loss": None, "train_accuracy": None,
+             "fit_loss": floss, "val_loss": vloss, "val_accuracy": vacc, "seconds": 0.0}], 1
+
+
+def run_epoch(run: Run, epoch: int, history: list[dict]) -> None:
+    """Train one epoch at the strategy's depth, score it, append it to `history` and checkpoint (last + best)."""
+    p = run.params.finetune
+    t0 = time.perf_counter()
+    depth = depth_at(p, epoch, len(run.units))
+    apply_depth(run.units, depth)
+    set_train_modes(run.model, run.units, depth, p.bn)
+    torch.manual_seed(run.params.seed * 100_003 + epoch)  # shuffling, augmentation, dropout: a function of the epoch
+    order = torch.randperm(len(run.y_train))
+    train_loss, train_acc = train_pass(run.forward, run.opt, run.sched, run.scaler, run.x_train, run.y_train, order,
+                                       p, run.augment, run.device, run.autocast, f"finetune: epoch {epoch}/{p.epochs}")
+    vloss, vacc, floss = run.score_val_and_fit()
+    row = {"epoch": epoch, "depth": depth, "lr_head": run.sched.get_last_lr()[0],
+           "train_loss": train_loss, "train_accuracy": train_acc, "fit_loss": floss,
+           "val_loss": vloss, "val_accuracy": vacc, "seconds": time.perf_counter() - t0}
+    history.append(row)
+    improved = best_epoch(history)["epoch"] == epoch
+    if improved:
+        save_checkpoint(run.best_ckpt(epoch), {"model": run.model.state_dict(), "epoch": epoch})
+    save_checkpoint(run.last_ckpt, {"key": run.checkpoint_key, "epoch": epoch, "model": run.model.state_dict(),
+                                    "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+                                    "scaler": run.scaler.state_dict(), "rng": rng_states(), "history": history})
+    for old in run.ckpt_dir.glob("best-*.pt"):  # only now that last.pt (its history) names the best epoch
+        if old != run.best_ckpt(best_epoch(history)["epoch"]):
+            old.unlink(missing_ok=True)
+    log(f"finetune: epoch {epoch}/{p.epochs} ({depth}/{len(run.units)} units training): train loss "
+        f"{train_loss:.4f} acc {train_acc:.4f}, val loss {vloss:.4f} acc {vacc:.4f}"
+        f"{' (best)' if improved else ''} in {row['seconds']:.0f}s")
+
+
+def _kept_and_why(history: list[dict]) -> tuple[str, str]:
+    best, epoch0 = best_epoch(history), history[0]
+    if best["epoch"] == 0:
+        if len(history) == 1:
+            return "head", "no epoch ran"
+        return "head", (f"no fine-tuned epoch beat the frozen head on val (best fine-tuned val acc "
+                        f"{max(h['val_accuracy'] for h in history[1:]):.4f} vs {epoch0['val_accuracy']:.4f}); "
+                        f"the head on frozen features ships")
+    return "finetuned", (f"epoch {best['epoch']} has the best val accuracy ({best['val_accuracy']:.4f} vs the frozen "
+                         f"head's {epoch0['val_accuracy']:.4f})")
+
+
+def write_outputs(run: Run, history: list[dict], stopped: str, seconds: float) -> dict:
+    """history.csv, curves.png, model.pt (when the fine-tuned model is kept) and summary.json; returns the summary."""
+    p, out = run.params.finetune, run.paths.finetune
+    best = best_epoch(history)
+    out.mkdir(parents=True, exist_ok=True)
+    clear_finetune_outputs(run.paths)
+    frame = pd.DataFrame(history)
+    with atomic_path(out / "history.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    kept, reason = _kept_and_why(history)
+    if kept == "finetuned":
+        state = torch.load(run.best_ckpt(best["epoch"]), map_location="cpu", weights_only=True)["model"]
+        with atomic_path(out / "model.pt", suffix=".pt") as tmp:
+            torch.save(state, tmp)
+    plot_curves(frame, best["epoch"], f"{p.strategy} ({p.init} init): kept epoch {best['epoch']}, val acc "
+                                      f"{best['val_accuracy']:.3f}", out / "curves.png")
+    summary = {"strategy": p.strategy, "init": p.init, "kept": kept, "head_sha256": head_sha256(run.paths),
+               "best_epoch": best["epoch"], "best": best,
+               "frozen_head_val_accuracy": history[0]["val_accuracy"], "reason": reason, "stopped": stopped,
+               "epochs_run": len(history) - 1, "n_train": int(len(run.y_train)), "n_val": int(len(run.y_val)),
+               "device": run.device.type, "amp": run.amp, "threads": torch.get_num_threads(), "seconds": seconds}
+    write_finetune_summary(run.paths, summary)
+    return summary
+
+
+def train(params: Params, paths: ProjectPaths) -> dict:
+    """Fine-tune per `params.finetune`, keep the best of {frozen head, each epoch} on val, write the stage's outputs
+    and return its summary. Finished runs leave no checkpoint behind."""
+    t_start = time.perf_counter()
+    p = params.finetune
+    run = prepare(params, paths)
+    history, start_epoch = resume_or_start(run)
+    log(f"finetune: {p.strategy} on {len(run.y_train)} train / {len(run.y_val)} val images at "
+        f"{params.backbone.input_size}px, {p.epochs} epochs x {run.steps_per_epoch} steps, device {run.device.type}"
+        f"{'' if run.device.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}, amp {run.amp}, "
+        f"init {p.init}; units top-down: {', '.join(run.units.names)}")
+    stopped = "all epochs ran"
+    for epoch in range(start_epoch, p.epochs + 1):
+        if epochs_since_best_tuned(history) >= p.patience:
+            stopped = f"early stop after epoch {epoch - 1}: no better val accuracy for {p.patience} epochs"
+            break
+        run_epoch(run, epoch, history)
+    summary = write_outputs(run, history, stopped, time.perf_counter() - t_start)
+    shutil.rmtree(run.ckpt_dir, ignore_errors=True)  # finished: nothing to resume
+    out = paths.finetune
+    log(f"finetune: kept {'the fine-tuned model' if summary['kept'] == 'finetuned' else 'the frozen head'}: "
+        f"{summary['reason']}; {stopped}; {summary['seconds']:.0f}s -> {(out / 'summary.json').relative_to(paths.root)}, "
+        f"{(out / 'curves.png').relative_to(paths.root)}")
+    return summary
