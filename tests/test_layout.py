@@ -1,0 +1,104 @@
+"""The house by role, held to its rules: stages flat and independent, sub-packages layered, no import cycles, every
+dvc.yaml stage listing the code it runs, cheap commands that stay cheap, one source of the telemetry settings."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import subprocess
+import sys
+
+import yaml
+
+from tasks.core.env import NO_TELEMETRY
+from tasks.core.stages import STAGES
+from tests.conftest import REPO, venv_env
+from tests.import_graph import closure, code_deps, cycles, imports, is_docstring_only, modules
+
+# Lower layers never import higher ones; stages and flows sit above every layer.
+LAYERS = ["core", "dataset", "model", "extraction", "training", "serving"]
+STAGE_MODULES = {f"tasks.{s}" for s in STAGES}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if parts[0] == "tasks" and len(parts) > 2 and parts[1] in LAYERS else None
+
+
+def test_tasks_holds_the_six_stages_flat_and_the_rest_in_role_packages():
+    flat = sorted(p.stem for p in (REPO / "tasks").glob("*.py") if p.stem != "__init__")
+    assert flat == sorted(STAGES)
+    packages = sorted(p.name for p in (REPO / "tasks").iterdir() if (p / "__init__.py").exists())
+    assert packages == sorted(LAYERS)
+
+
+def test_no_import_cycles():
+    assert cycles() == []
+
+
+def test_no_stage_imports_another_stage_and_nothing_below_imports_a_stage_or_a_flow():
+    for module in modules():
+        if not module.startswith("tasks"):
+            continue
+        bad = {m for m in imports(module) if m in STAGE_MODULES or m.startswith("flows")}
+        assert not bad, f"{module} imports {sorted(bad)}: shared code belongs in a tasks/<role>/ sub-package"
+
+
+def test_layers_only_import_downwards():
+    for module in modules():
+        mine = _layer(module)
+        if mine is None:
+            continue
+        for dep in imports(module):
+            theirs = _layer(dep)
+            assert theirs is None or theirs <= mine, (
+                f"{module} ({LAYERS[mine]}) imports {dep} ({LAYERS[theirs]}), a higher layer")
+
+
+def test_sub_package_inits_import_nothing():
+    for role in LAYERS:
+        assert is_docstring_only(f"tasks.{role}"), f"tasks/{role}/__init__.py must hold only a docstring"
+
+
+def test_each_dvc_stage_lists_exactly_the_code_it_runs():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in STAGES:
+        listed = sorted(d for d in stages[name]["deps"] if d.startswith(("tasks/", "flows/")))
+        assert listed == code_deps(f"tasks.{name}"), (
+            f"dvc.yaml stage {name}: code deps differ from its import closure; `python -m tests.import_graph` "
+            f"prints the list")
+        assert not any(d.rstrip("/") in ("tasks", "flows") for d in stages[name]["deps"]), "list modules, not trees"
+
+
+def test_the_closure_counts_imports_inside_functions():
+    # evaluate imports the fine-tune record at the top and scores ONNX through imports inside functions
+    assert "tasks.serving.onnx_classifier" in closure("tasks.evaluate")
+    assert "tasks.model.mlp_fit" in closure("tasks.head")  # imported only when head.type is mlp
+
+
+def _modules_after(code: str) -> set[str]:
+    probe = code + ("\nimport sys\nprint('loaded:', *sorted(m for m in ('torch', 'prefect', 'sklearn') "
+                    "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=venv_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(proc.stdout.strip().splitlines()[-1].split()[1:])
+
+
+def test_cheap_commands_import_neither_torch_nor_prefect_nor_sklearn():
+    help_run = ("from flows.cli import main\n"
+                "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+                "try:\n    main(['predict', '--help'])\nexcept SystemExit:\n    pass\n")
+    assert _modules_after(help_run) == set()
+    assert _modules_after("import tasks.serving.predict, tasks.core.stages") == set()
+
+
+def test_telemetry_settings_agree_across_python_shell_and_dvc():
+    shell = dict(re.findall(r"^export (\w+)=(\S+)$", (REPO / "scripts" / "env.sh").read_text(), re.M))
+    for key, value in NO_TELEMETRY.items():
+        assert shell.get(key) == value, f"scripts/env.sh: {key} should be {value}"
+    assert "source scripts/env.sh" in (REPO / ".ci" / "run").read_text()
+    dvc = configparser.ConfigParser()
+    dvc.read(REPO / ".dvc" / "config")
+    assert dvc["core"]["analytics"] == "false"
+    assert NO_TELEMETRY["DVC_NO_ANALYTICS"] == "1"
