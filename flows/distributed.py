@@ -177,10 +177,7 @@ def extract_features_distributed(root: str | None = None, shards: int = 2, addre
     try:
         store.clean_orphans()
         salvaged, _ = merge_parts(store, params.features.shard_size)  # leftovers of an interrupted run
-        keys = manifest["sha256"].tolist()
-        missing = set(store.missing(keys))
-        first_path = dict(zip(manifest["sha256"], manifest["path"]))
-        todo = [(k, str(paths.root / first_path[k])) for k in dict.fromkeys(keys) if k in missing]
+        todo = store.missing_images(manifest, paths.root)
         chunks = split_chunks(todo, shards, params.features.batch_size)
         files = 0
         if chunks:
@@ -204,7 +201,7 @@ def extract_features_distributed(root: str | None = None, shards: int = 2, addre
     finally:
         lock.release()
     seconds = time.perf_counter() - t0
-    n_unique = len(set(keys))
+    n_unique = int(manifest["sha256"].nunique())
     engine = results[0]["engine"] if results else resolve_engine(params.features.engine)
     summary = {
         "fingerprint": store.fingerprint, "store": str(store.dir), "engine": engine, "images": n_unique,

@@ -49,10 +49,7 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     lock = acquire(store)
     try:
         store.clean_orphans()
-        keys = manifest["sha256"].tolist()
-        missing = set(store.missing(keys))
-        first_path = dict(zip(manifest["sha256"], manifest["path"]))
-        todo = [(k, str(paths.root / first_path[k])) for k in dict.fromkeys(keys) if k in missing]
+        todo = store.missing_images(manifest, paths.root)
         engine_name = resolve_engine(params.features.engine)
         if todo:
             engine = make_engine(params, store)
@@ -61,7 +58,7 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     finally:
         lock.release()
     seconds = time.perf_counter() - t0
-    n_unique = len(set(keys))
+    n_unique = int(manifest["sha256"].nunique())
     rejected = len(read_rejected(paths))
     summary = FeaturesSummary(store.fingerprint, str(store.dir), engine_name, n_unique, n_unique - len(todo),
                               len(todo), rejected, seconds, len(todo) / seconds if todo else 0.0)

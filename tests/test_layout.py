@@ -90,7 +90,15 @@ def test_cheap_commands_import_neither_torch_nor_prefect_nor_sklearn():
                 "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
                 "try:\n    main(['predict', '--help'])\nexcept SystemExit:\n    pass\n")
     assert _modules_after(help_run) == set()
-    assert _modules_after("import tasks.serving.predict, tasks.core.stages") == set()
+
+
+def test_predict_runs_without_torch_prefect_or_sklearn(built_project, tmp_path):
+    paths, _, _ = built_project
+    first = next(iter(sorted((paths.root / "data" / "raw").rglob("*.png"))))
+    out = tmp_path / "p.csv"
+    run = f"from flows.cli import main\nmain(['predict', '--model', {str(paths.onnx)!r}, {str(first)!r}, '--out', {str(out)!r}])"
+    assert _modules_after(run) == set()
+    assert out.read_text().count("\n") == 2  # header + one prediction
 
 
 def test_telemetry_settings_agree_across_python_shell_and_dvc():

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from filelock import FileLock, Timeout
 
 from tasks.core.errors import UserError
@@ -79,6 +80,11 @@ class FeatureStore:
                 seen.add(k)
                 out.append(k)
         return out
+
+    def missing_images(self, manifest: pd.DataFrame, root: Path) -> list[tuple[str, str]]:
+        """(sha256, absolute path) of each manifest image with no row yet: once per content, in manifest order."""
+        first_path = dict(zip(manifest["sha256"], manifest["path"]))
+        return [(k, str(root / first_path[k])) for k in self.missing(manifest["sha256"].tolist())]
 
     def _shard(self, sid: int) -> np.ndarray:
         if sid not in self._shards:
