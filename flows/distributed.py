@@ -19,8 +19,8 @@ chunk of the missing images, each on a Dask worker. Design, and why:
   Fewer chunks than `shards` are run when there are fewer batches than shards; nothing at all when nothing is missing.
 - **One core per task.** Each worker runs with `features.threads = 1` (and the LocalCluster with
   `threads_per_worker=1`), so N workers on N cores do not oversubscribe them: several multi-threaded workers on
-  the same cores spend their time contending for them, not computing. On an external cluster, ask for as many shards as it has worker
-  threads.
+  the same cores spend their time contending for them, not computing. On an external cluster, ask for as many
+  shards as it has worker threads.
 - **The ONNX backbone is exported once**, by the coordinator, into `<store>/backbone.onnx` before fanning out; the
   workers only load the cached graph (no torch import, no racing exports).
 - **Loopback by default.** Without `address` (or `$HEADSTART_DASK_ADDRESS`) the flow starts a temporary

@@ -1,7 +1,8 @@
 """Stage `features`: extract pooled backbone features for every manifest image not already in the feature store.
 
-Reads `data/prepared/manifest.parquet`; writes `data/features/<fingerprint>/` (see `tasks.extraction.feature_store`). Only
-images whose sha256 has no row yet are decoded and run, so renames cost nothing and new images cost only themselves.
+Reads `data/prepared/manifest.parquet`; writes `data/features/<fingerprint>/` (see
+`tasks.extraction.feature_store`). Only images whose sha256 has no row yet are decoded and run, so renames cost
+nothing and new images cost only themselves.
 Decoding/resizing runs in a thread pool one batch ahead of the model, so the two overlap.
 """
 

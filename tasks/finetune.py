@@ -1,7 +1,7 @@
 """Stage `finetune`: train the backbone and head end to end on pixels, starting from the trained head (LP-FT).
 
-`finetune.strategy` picks what trains (tasks.training.freezing): `none` ships the head on frozen features and returns at once;
-`freeze` trains only the head, on augmented pixels; `last_n`, `full` and `gradual` unfreeze blocks from the top, with
+`finetune.strategy` picks what trains (tasks.training.freezing): `none` ships the head on frozen features and returns
+at once; `freeze` trains only the head, on augmented pixels; `last_n`, `full` and `gradual` unfreeze blocks from the top, with
 layer-wise learning-rate decay. AdamW, linear warm-up then cosine decay per step, label smoothing, random resized
 crop / flip / colour jitter on uint8 images through the same ImageModel (normalisation in the graph) that is exported.
 

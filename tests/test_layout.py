@@ -96,7 +96,8 @@ def test_predict_runs_without_torch_prefect_or_sklearn(built_project, tmp_path):
     paths, _, _ = built_project
     first = next(iter(sorted((paths.root / "data" / "raw").rglob("*.png"))))
     out = tmp_path / "p.csv"
-    run = f"from flows.cli import main\nmain(['predict', '--model', {str(paths.onnx)!r}, {str(first)!r}, '--out', {str(out)!r}])"
+    args = ["predict", "--model", str(paths.onnx), str(first), "--out", str(out)]
+    run = f"from flows.cli import main\nmain({args!r})"
     assert _modules_after(run) == set()
     assert out.read_text().count("\n") == 2  # header + one prediction
 

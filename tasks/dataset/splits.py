@@ -16,7 +16,8 @@ from tasks.dataset.manifest import SPLITS
 
 
 def group_key(rel: str, pattern: re.Pattern | None) -> str:
-    """The split group of a file: the `group` match of `pattern` on its stem, its stem if none, its path if no pattern."""
+    """The split group of a file: the `group` match of `pattern` on its stem (the stem if it does not match; the path
+    when there is no pattern)."""
     stem = Path(rel).stem
     if pattern is None:
         return rel

@@ -1,7 +1,8 @@
 """Inference engines for uint8 NHWC batches: torch (eager, channels_last) and ONNX Runtime.
 
 `auto` picks ONNX Runtime on CPU (its fused CPU kernels run these backbones several times faster than torch's; the
-ratio is in bench/RESULTS.md) and torch on CUDA. Both run the same `ImageModel`, so they agree to float rounding (a test holds them to 1e-4).
+ratio is in bench/RESULTS.md) and torch on CUDA. Both run the same `ImageModel`, so they agree to float rounding (a
+test holds them to 1e-4).
 """
 
 from __future__ import annotations

@@ -293,8 +293,7 @@ def train(params: Params, paths: ProjectPaths) -> dict:
         run_epoch(run, epoch, history)
     summary = write_outputs(run, history, stopped, time.perf_counter() - t_start)
     shutil.rmtree(run.ckpt_dir, ignore_errors=True)  # finished: nothing to resume
-    out = paths.finetune
+    out = paths.finetune.relative_to(paths.root)
     log(f"finetune: kept {'the fine-tuned model' if summary['kept'] == 'finetuned' else 'the frozen head'}: "
-        f"{summary['reason']}; {stopped}; {summary['seconds']:.0f}s -> {(out / 'summary.json').relative_to(paths.root)}, "
-        f"{(out / 'curves.png').relative_to(paths.root)}")
+        f"{summary['reason']}; {stopped}; {summary['seconds']:.0f}s -> {out / 'summary.json'}, {out / 'curves.png'}")
     return summary
