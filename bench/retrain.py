@@ -34,7 +34,8 @@ def main() -> None:
     shutil.rmtree(args.workdir, ignore_errors=True)
     root = args.workdir / "project"
     (root / "data").mkdir(parents=True)
-    for name in ("params.yaml", "dvc.yaml", ".gitignore"):
+    (root / "models").mkdir()
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", "models/.gitignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     files = sorted(p for p in raw.rglob("*") if p.is_file())

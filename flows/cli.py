@@ -34,6 +34,25 @@ def cmd_run(args) -> None:
     t0 = time.perf_counter()
     results = train_flow(overrides=args.set or None, commit=not args.no_commit)
     _print_result(results, time.perf_counter() - t0)
+    print("  this is a candidate; `headstart promote` makes it deployable (after the gate, when a champion exists)")
+
+
+def cmd_promote(args) -> None:
+    from flows.dvc_sync import record_promotion
+    from tasks.serving.champions import serving_dir
+    from tasks.serving.promotion import judge_and_publish
+
+    paths = default_paths()
+    if not paths.onnx.exists():
+        raise UserError(f"{paths.onnx} not found: build a candidate first (`headstart run` or `dvc repro`)")
+    record = judge_and_publish(load_params(), paths)
+    if record["action"] != "promoted":
+        print(f"headstart promote: rejected; champion v{record['champion_version']:04d} stays ({record['reason']})")
+        raise SystemExit(1)
+    if not getattr(args, "no_commit", False):
+        record_promotion(paths.root, record["champion_version"])
+    print(f"headstart promote: v{record['champion_version']:04d} is the champion ({record['reason']}); deploy "
+          f"repository {os.path.relpath(serving_dir(paths), paths.root)}/")
 
 
 def cmd_demo(args) -> None:
@@ -44,6 +63,7 @@ def cmd_demo(args) -> None:
     print(f"demo data: {sum(counts.values())} clip-art images in {len(counts)} classes -> "
           f"{os.path.relpath(paths.raw, paths.root)}", file=sys.stderr)
     cmd_run(args)
+    cmd_promote(args)  # the demo ends with a deployable model (with nothing to beat, the gate passes)
 
 
 def cmd_stage(args) -> None:
@@ -78,9 +98,18 @@ def cmd_schedule(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from tasks.serving.champions import champion_model, champion_version
     from tasks.serving.predict import predict
 
-    predict(args.inputs, model=args.model, top_k=args.top_k, out=args.out, batch_size=args.batch_size)
+    paths = default_paths()
+    model = args.model
+    if model is None:
+        champion = champion_model(paths)
+        model = champion or paths.onnx
+        which = (f"the champion v{champion_version(paths):04d}" if champion else
+                 "the candidate (no champion yet: `headstart promote`)")
+        print(f"predict: using {which}: {os.path.relpath(model, paths.root)}", file=sys.stderr)
+    predict(args.inputs, model=model, top_k=args.top_k, out=args.out, batch_size=args.batch_size)
 
 
 def cmd_repro(args) -> None:
@@ -113,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a param for this run only")
     stage.set_defaults(func=cmd_stage)
 
+    promote = sub.add_parser("promote", help="make the candidate deployable: the champion/challenger gate, then the "
+                                            "registry and the deploy repository (exit 1 if rejected)")
+    promote.set_defaults(func=cmd_promote)
+
     retrain = sub.add_parser("retrain", help="retrain on new data; promote only a challenger that is not worse")
     retrain.add_argument("--force", action="store_true", help="retrain even when no file changed")
     retrain.set_defaults(func=cmd_retrain)
@@ -127,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser("predict", help="top-k predictions of the exported model for files, folders or a CSV")
     pred.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or CSVs with a path column")
-    pred.add_argument("--model", default="models/model.onnx")
+    pred.add_argument("--model", default=None, help="an exported .onnx (default: the champion, else the candidate)")
     pred.add_argument("--top-k", type=int, default=3)
     pred.add_argument("--out", default=None, help="output .csv or .json (default: CSV on stdout)")
     pred.add_argument("--batch-size", type=int, default=32)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tasks.core.errors import UserError
+from tasks.core.progress import log
 
 
 def dvc_command(root: Path, *args: str, timeout: float = 600) -> str:
@@ -28,3 +29,33 @@ def dvc_commit(root: Path) -> None:
         return  # not a DVC project (e.g. a plain directory run): nothing to record
     dvc_command(root, "commit", "--force", "--quiet")
 
+
+DEPLOYABLE = ("models/registry", "models/serving")
+
+
+def record_promotion(root: Path, version: int) -> None:
+    """Track the champion registry and the deploy repository with DVC (`dvc add`, so `dvc push` sends every
+    champion) and, in a git repository, commit their two pointer files alone, naming the version: a fresh clone +
+    `dvc pull` then restores the champion and the deploy repository."""
+    if not (root / ".dvc").is_dir():
+        return
+    dvc_command(root, "add", "--quiet", *DEPLOYABLE)
+    pointers = [f"{d}.dvc" for d in DEPLOYABLE]
+    if (root / ".git").exists():
+        git(root, "add", "--force", "--", *pointers)
+        if git(root, "diff", "--cached", "--quiet", "--", *pointers, check=False).returncode:
+            done = git(root, "commit", "--quiet", "-m", f"headstart: promote v{version:04d}", "--", *pointers,
+                       check=False)
+            if done.returncode:  # e.g. no git identity here: the promotion stands, only the commit is left to do
+                why = (done.stderr or done.stdout).strip().splitlines()
+                log(f"promote: warning: could not commit {' '.join(pointers)} ({why[-1] if why else 'git failed'}); "
+                    f"commit them yourself so a fresh clone + `dvc pull` finds v{version:04d}")
+
+
+def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run git in `root`; a failure is a one-line error (with `check`)."""
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise UserError(f"git {' '.join(args[:2])} failed in {root}: {tail[-1] if tail else proc.returncode}")
+    return proc

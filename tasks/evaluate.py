@@ -109,6 +109,9 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     probs, scored = _score(params, paths, rows, head, artifact)
     pred = np.array(head.classes)[probs.argmax(1)]
     metrics, per_class = compute_metrics(y, pred, head.classes)
+    if metrics["classes_absent"]:
+        log(f"evaluate: warning: class(es) {', '.join(metrics['classes_absent'])} have no image in the {split} split: "
+            f"averages cover the {len(per_class)} classes present; add {split} images of them to score them")
     metrics |= {"n": int(len(y)), "split": split, "artifact": scored}
     int8_path = paths.models / "int8" / "model.onnx"
     if artifact == "onnx" and int8_path.exists():

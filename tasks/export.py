@@ -41,7 +41,6 @@ from tasks.model.head_format import Head
 from tasks.model.image_model import ImageModel
 from tasks.model.onnx_export import export_onnx
 from tasks.model.shipped_model import shipped_classifier
-from tasks.serving.triton_repo import write_triton_repo
 
 
 class ExportParityError(UserError):
@@ -167,7 +166,7 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
 
 
 def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSummary:
-    """Export backbone + head to `models/model.onnx` (+ labels.txt, Triton folder, optional int8 variant), only if
+    """Export backbone + head to `models/model.onnx` (+ labels.txt, optional int8 variant): the candidate, only if
     the parity gate passes; otherwise the previous model stays in place."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
@@ -193,18 +192,15 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     finally:
         staging.unlink(missing_ok=True)
     atomic_write_text(paths.labels, "\n".join(head.classes) + "\n")
-    triton = write_triton_repo(paths.onnx, head.classes, params.backbone.input_size, paths.models / "triton",
-                               params.export.triton_name, params.export.triton_max_batch_size)
     int8 = _int8_variant(params, paths, head.classes)
     size_mb = paths.onnx.stat().st_size / 1e6
     summary = ExportSummary(str(paths.onnx), str(paths.labels), size_mb, report, time.perf_counter() - t0)
     record = asdict(summary) | {"onnx": paths.onnx.relative_to(paths.root).as_posix(),
                                 "labels": paths.labels.relative_to(paths.root).as_posix(),
-                                "triton": triton.relative_to(paths.root).as_posix(),
                                 "opset": params.export.opset, "int8_accepted": bool(int8.get("accepted", False))}
     atomic_write_text(paths.metrics / "export.json", json.dumps(record, indent=2))
     log(f"export: {paths.onnx.relative_to(paths.root)} ({size_mb:.1f} MB, {len(head.classes)} classes, input "
-        f"uint8 NHWC {params.backbone.input_size}px) + {triton.relative_to(paths.root)}; parity on "
+        f"uint8 NHWC {params.backbone.input_size}px), a candidate; parity on "
         f"{report.images} images at batch {report.batch_sizes}: max |dp| {report.max_abs_diff_probs:.1e}, "
         f"argmax agree {report.argmax_agree}; {summary.seconds:.1f}s")
     return summary

@@ -23,15 +23,16 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.errors import UserError
-from tasks.core.files import atomic_path
+from tasks.core.files import atomic_path, file_stat
 from tasks.core.params import IngestParams, Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import Progress, log
 from tasks.core.stage_cli import run_stage_cli
+from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.images import check_image
 from tasks.dataset.manifest import MANIFEST_COLUMNS, SPLITS, split_rows
 from tasks.dataset.sources import Candidate, list_candidates, resolve_source
-from tasks.dataset.splits import assign_splits, group_key, warn_collapsed_groups
+from tasks.dataset.splits import assign_splits, group_key, warn_classes_missing_splits, warn_collapsed_groups
 
 
 @dataclass
@@ -50,9 +51,15 @@ class IngestSummary:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]]) -> Candidate:
-    """Hash the bytes and (unless this exact content was validated before) fully decode the image."""
+def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]], hashes: HashCache) -> Candidate:
+    """Hash the bytes and (unless this exact content was validated before) fully decode the image. A file whose
+    size and mtime have not moved since it was hashed, with content validated before, is not read at all."""
+    cached = hashes.lookup(c.path)
+    if cached in known:
+        c.sha256, (c.width, c.height) = cached, known[cached]
+        return c
     try:
+        stat = file_stat(c.path)
         data = c.path.read_bytes()
     except FileNotFoundError:
         c.reason = "file not found"
@@ -61,6 +68,7 @@ def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]]) -
         c.reason = f"unreadable ({exc.strerror})"
         return c
     c.sha256 = hashlib.sha256(data).hexdigest()
+    hashes.remember(c.path, stat, c.sha256)
     if c.sha256 in known:
         c.width, c.height = known[c.sha256]
         return c
@@ -75,38 +83,49 @@ def _previous(paths: ProjectPaths) -> tuple[pd.DataFrame | None, dict[str, tuple
         return None, {}
     try:
         previous = pd.read_parquet(paths.manifest)
-    except Exception:  # an unreadable old manifest only costs us the sticky splits
-        log(f"ingest: warning: could not read previous {paths.manifest}; splits will be re-drawn")
-        return None, {}
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        # redrawing every split would move earlier test images into train: stop instead
+        raise UserError(f"{paths.manifest} cannot be read ({str(exc).splitlines()[0][:80]}); it holds every file's "
+                        f"split: restore it (`dvc checkout {paths.manifest.relative_to(paths.root)}`) or delete it "
+                        f"to draw all splits anew") from None
     return previous, {r.sha256: (int(r.width), int(r.height)) for r in previous.itertuples()}
 
 
-def _inspect_all(candidates: list[Candidate], p: IngestParams, known: dict[str, tuple[int, int]]) -> list[Candidate]:
+def _inspect_all(candidates: list[Candidate], p: IngestParams, known: dict[str, tuple[int, int]],
+                 hashes: HashCache) -> list[Candidate]:
     """Hash and check every candidate in `p.workers` threads, with a progress bar."""
     with Progress(len(candidates), "ingest: checking images") as bar, ThreadPoolExecutor(p.workers) as pool:
         inspected = []
-        for c in pool.map(lambda c: _inspect(c, p.max_pixels, known), candidates):
+        for c in pool.map(lambda c: _inspect(c, p.max_pixels, known, hashes), candidates):
             inspected.append(c)
             bar.update(1)
+    hashes.save(keep={str(c.path) for c in candidates})
     return inspected
 
 
 def _keep_unique(inspected: list[Candidate], rejected: list[Candidate]) -> list[Candidate]:
-    """The usable candidates, one per content hash (the first by path); the rest are appended to `rejected`."""
+    """The usable candidates, one per content hash (the first by path); the rest are appended to `rejected`.
+
+    The same bytes under two labels are a label conflict, not a duplicate: which label is right is the user's call,
+    so every copy is rejected, each naming a copy with another label."""
+    readable = sorted((c for c in inspected if not c.reason), key=lambda c: c.rel)
+    rejected += [c for c in inspected if c.reason]
+    copies: dict[str, list[Candidate]] = {}
+    for c in readable:
+        copies.setdefault(c.sha256, []).append(c)
     good: list[Candidate] = []
-    first_by_sha: dict[str, Candidate] = {}
-    for c in sorted(inspected, key=lambda c: c.rel):
-        if c.reason:
+    for same in copies.values():
+        if len({c.label for c in same}) > 1:
+            for c in same:
+                other = next(o for o in same if o.label != c.label)
+                c.reason = f"label conflict: same bytes as {other.rel}, labelled '{other.label}'"
+            rejected += same
+            continue
+        good.append(same[0])
+        for c in same[1:]:
+            c.reason = f"duplicate of {same[0].rel}"
             rejected.append(c)
-        elif c.sha256 in first_by_sha:
-            orig = first_by_sha[c.sha256]
-            extra = f", labelled '{orig.label}'" if orig.label != c.label else ""
-            c.reason = f"duplicate of {orig.rel}{extra}"
-            rejected.append(c)
-        else:
-            first_by_sha[c.sha256] = c
-            good.append(c)
-    return good
+    return sorted(good, key=lambda c: c.rel)
 
 
 def _require_every_class(good: list[Candidate], seen: list[Candidate], p: IngestParams, source_is_dir: bool) -> None:
@@ -137,6 +156,7 @@ def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | No
     )
     warn_collapsed_groups(df, p)
     df["split"] = assign_splits(df, p, params.seed, previous)
+    warn_classes_missing_splits(df, p)
     train_labels = set(split_rows(df, "train")["label"])
     for s in ("val", "test"):
         unseen = sorted(set(split_rows(df, s)["label"]) - train_labels)
@@ -150,8 +170,10 @@ def _write(df: pd.DataFrame, rejected: list[Candidate], paths: ProjectPaths) -> 
     """Manifest and rejection list, each written atomically."""
     with atomic_path(paths.manifest) as tmp:
         df.to_parquet(tmp, index=False)
+    stats = [file_stat(c.path) for c in rejected]  # so a rejected file fixed in place is noticed as changed
     rej = pd.DataFrame({"path": [c.rel for c in rejected], "label": [c.label for c in rejected],
-                        "reason": [c.reason for c in rejected]}).sort_values("path", kind="stable")
+                        "reason": [c.reason for c in rejected], "size": [s[0] for s in stats],
+                        "mtime_ns": [s[1] for s in stats]}).sort_values("path", kind="stable")
     with atomic_path(paths.rejected) as tmp:
         rej.to_csv(tmp, index=False)
 
@@ -192,10 +214,13 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     p = params.ingest
     t0 = time.perf_counter()
     source = resolve_source(p, paths.root)
-    candidates, rejected = list_candidates(source, p, paths.root)  # `rejected`: by their name alone, so far
+    listing = list_candidates(source, p, paths.root)
+    candidates, rejected = listing.candidates, listing.rejected  # `rejected`: by their name alone, so far
     n_files = len(candidates) + len(rejected)
+    for name in listing.empty_classes:
+        log(f"ingest: warning: class folder '{name}' in {p.source} is empty; it is not a class until it has images")
     previous, known = _previous(paths)
-    inspected = _inspect_all(candidates, p, known)
+    inspected = _inspect_all(candidates, p, known, HashCache(paths.hashes))
     good = _keep_unique(inspected, rejected)
     _require_every_class(good, inspected + rejected, p, source.is_dir())
     df = _manifest(good, params, previous)

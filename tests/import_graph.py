@@ -1,7 +1,7 @@
 """The project's own import graph, read from the source (every import statement, including those inside functions).
 
-Used by the layout tests, and runnable to print what each `dvc.yaml` stage must list as its code deps:
-`python -m tests.import_graph`.
+Used by the layout tests, and runnable to print what each `dvc.yaml` stage must list as its code deps
+(`python -m tests.import_graph`), or to write them into dvc.yaml (`python -m tests.import_graph --write`).
 """
 
 from __future__ import annotations
@@ -120,9 +120,37 @@ def cycles() -> list[list[str]]:
     return found
 
 
+def write_dvc_deps(dvc_yaml: Path = REPO / "dvc.yaml") -> None:
+    """Rewrite the project-module deps of every stage in `dvc_yaml` to its import closure (other deps and every
+    comment are kept)."""
+    import re
+
+    out, stage, in_deps = [], None, False
+    for line in dvc_yaml.read_text().splitlines():
+        if m := re.match(r"^  (\w+):$", line):
+            stage = m.group(1)
+        if re.match(r"^    deps:$", line):
+            in_deps = True
+            out.append(line)
+            continue
+        if in_deps:
+            if re.match(r"^      - ", line):
+                if not re.match(r"^      - (tasks|flows)/", line):
+                    out.append(line)
+                continue
+            out += [f"      - {d}" for d in code_deps(f"tasks.{stage}")]
+            in_deps = False
+        out.append(line)
+    dvc_yaml.write_text("\n".join(out) + "\n")
+
+
 if __name__ == "__main__":
+    import sys
+
     from tasks.core.stages import STAGES
 
+    if sys.argv[1:] == ["--write"]:
+        write_dvc_deps()
     for stage in STAGES:
         print(f"{stage}:")
         for dep in code_deps(f"tasks.{stage}"):

@@ -32,7 +32,7 @@ def test_bad_files_are_listed_with_reasons_and_the_run_finishes(tmp_path, clipar
     (raw / "food" / "empty.png").write_bytes(b"")
     (raw / "food" / "notes.jpg").write_text("this is a text file, not a JPEG\n")
     Image.new("1", (7000, 6000)).save(raw / "tools" / "huge.png")  # 42 MP > the 40 MP default limit
-    shutil.copy(good, raw / "food" / "copy_of_animal.png")  # exact duplicate, other class
+    shutil.copy(good, raw / "animals" / "copy_of_animal.png")  # exact duplicate, same class (other: label conflict)
     (raw / "tools" / "README.md").write_text("not an image")
     paths = make_project(tmp_path / "proj", raw)
 
@@ -110,3 +110,66 @@ def test_csv_label_in_val_not_in_train_is_an_error(tmp_path, clipart_raw):
     paths = make_project(tmp_path / "proj", None, [f"ingest.source={csv}"])
     with pytest.raises(UserError, match="label 'b' appears in val but has no train images"):
         run_ingest(project_params(paths), paths)
+
+
+def test_same_bytes_under_two_labels_are_both_rejected_as_a_label_conflict(tmp_path, clipart_raw):
+    raw = _small_raw(clipart_raw, tmp_path / "src")
+    twin = next(iter(sorted((raw / "animals").rglob("*.png"))))
+    shutil.copy(twin, raw / "food" / "twin.png")
+    paths = make_project(tmp_path / "proj", raw)
+    run_ingest(project_params(paths), paths)
+    rej = pd.read_csv(paths.rejected).set_index("path")
+    a, b = f"data/raw/{twin.relative_to(raw).as_posix()}", "data/raw/food/twin.png"
+    assert rej.loc[a, "reason"] == f"label conflict: same bytes as {b}, labelled 'food'"
+    assert rej.loc[b, "reason"] == f"label conflict: same bytes as {a}, labelled 'animals'"
+    assert not set(pd.read_parquet(paths.manifest)["path"]) & {a, b}
+
+
+def test_an_empty_class_folder_and_a_class_too_small_for_every_split_are_named(tmp_path, clipart_raw, capfd):
+    raw = _small_raw(clipart_raw, tmp_path / "src")
+    (raw / "ghosts").mkdir()
+    (raw / "lonely").mkdir()
+    shutil.copy(next(iter(sorted((clipart_raw / "people").rglob("*.png")))), raw / "lonely" / "only.png")
+    paths = make_project(tmp_path / "proj", raw)
+    summary = run_ingest(project_params(paths), paths)
+    err = capfd.readouterr().err
+    assert "class folder 'ghosts'" in err and "is empty" in err
+    assert "class 'lonely' has only 1 image(s) (1 group(s)): 1 in train, none in val or test" in err
+    assert "ghosts" not in summary.classes and summary.per_class["lonely"] == 1
+
+
+def test_an_unreadable_previous_manifest_stops_ingest_instead_of_redrawing_splits(tmp_path, clipart_raw):
+    paths = make_project(tmp_path / "proj", _small_raw(clipart_raw, tmp_path / "src"))
+    run_ingest(project_params(paths), paths)
+    paths.manifest.write_bytes(paths.manifest.read_bytes()[:100])  # truncated
+    damaged = paths.manifest.read_bytes()
+    with pytest.raises(UserError, match=r"manifest.parquet cannot be read .*restore it .*or delete it") as exc:
+        run_ingest(project_params(paths), paths)
+    assert "\n" not in str(exc.value) and paths.manifest.read_bytes() == damaged
+
+
+def test_a_rejected_file_fixed_in_place_and_a_relabelled_csv_row_are_changes(tmp_path, clipart_raw):
+    from tasks.dataset.changes import detect_changes
+
+    files = sorted(clipart_raw.rglob("*.png"))
+    keep = [f for f in files if f.parent.name in ("animals", "food")][:40]
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i, f in enumerate(keep):
+        shutil.copy(f, data / f"{i:03d}.png")
+        rows.append((f"{i:03d}.png", f.relative_to(clipart_raw).parts[0]))
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rows.append(("broken.png", "food"))
+    csv = data / "labels.csv"
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(csv, index=False)
+    paths = make_project(tmp_path / "proj", None, [f"ingest.source={csv}"])
+    params = project_params(paths)
+    run_ingest(params, paths)
+    assert not detect_changes(params, paths).any
+    shutil.copy(keep[0], data / "broken.png")  # the broken file, fixed in place
+    df = pd.read_csv(csv)
+    df.loc[1, "label"] = "animals" if df.loc[1, "label"] == "food" else "food"  # one row relabelled
+    df.to_csv(csv, index=False)
+    changes = detect_changes(params, paths)
+    assert sorted(Path(p).name for p in changes.changed) == ["001.png", "broken.png"] and not changes.new

@@ -65,8 +65,8 @@ def test_each_dvc_stage_lists_exactly_the_code_it_runs():
     for name in STAGES:
         listed = sorted(d for d in stages[name]["deps"] if d.startswith(("tasks/", "flows/")))
         assert listed == code_deps(f"tasks.{name}"), (
-            f"dvc.yaml stage {name}: code deps differ from its import closure; `python -m tests.import_graph` "
-            f"prints the list")
+            f"dvc.yaml stage {name}: code deps differ from its import closure; `python -m tests.import_graph --write` "
+            f"updates them")
         assert not any(d.rstrip("/") in ("tasks", "flows") for d in stages[name]["deps"]), "list modules, not trees"
 
 

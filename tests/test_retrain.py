@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 
-import numpy as np
+import pandas as pd
 import pytest
 
 from tasks.core.params import write_overrides
@@ -36,25 +36,48 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _deploy_tree(paths) -> dict[str, str]:
+    """sha256 of every file of the deployable set: the champion registry and the deploy repository."""
+    return {f.relative_to(paths.models).as_posix(): _sha(f) for d in ("registry", "serving")
+            for f in sorted((paths.models / d).rglob("*")) if f.is_file()}
+
+
+def _poison(clipart_raw, dest_root) -> None:
+    """A poisoned batch filed as 'food': every people and tools image (a look no class had, mislabelled the same way
+    each time, so a model trained on it learns it and new test images of it reward it), and re-encoded copies of
+    animals (new bytes, the wrong label: this is what costs a model on the untouched animals of the hold-out)."""
+    from PIL import Image
+
+    foreign = [f for c in ("people", "tools") for f in sorted((clipart_raw / c).rglob("*.png"))]
+    for i, f in enumerate(foreign):
+        shutil.copy(f, dest_root / "food" / f"poison_{i:03d}.png")
+    for i, f in enumerate(sorted((clipart_raw / "animals").rglob("*.png"))[:40]):
+        with Image.open(f) as img:
+            img.convert("RGBA").save(dest_root / "food" / f"recoded_{i:03d}.png", compress_level=1)
+
+
 def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
     from flows.retrain import retrain_flow
+    from tasks.serving.champions import champion_model, holdout_keys, serving_dir
 
     paths, later = retrain_project
     root = str(paths.root)
     first = retrain_flow(root=root)
     assert first["action"] == "promoted" and first["champion_version"] == 1
-    champion = paths.models / "champion"
-    assert champion.is_symlink() and (champion / "model.onnx").exists() and (champion / "MODEL_CARD.md").exists()
-    assert (paths.models / "serving" / "triton" / "headstart" / "1" / "model.onnx").exists()
+    assert json.loads((paths.models / "registry" / "champion.json").read_text()) == {"version": 1}
+    assert champion_model(paths).read_bytes() == paths.onnx.read_bytes()
+    assert (paths.models / "registry" / "v0001" / "MODEL_CARD.md").exists()
+    assert (serving_dir(paths) / "headstart" / "1" / "model.onnx").exists()
+    assert not (paths.models / "triton").exists() and not (paths.models / "champion").exists()
     assert dvc_status_clean(paths.root)
     assert any((paths.root / ".dvc-remote").rglob("*"))  # pushed to the project-local remote
+    log = run(["git", "log", "--format=%s", "-1", "--", "models/registry.dvc"], paths.root).stdout
+    assert log.strip() == "headstart: promote v0001"  # the pointer reached git: a clone + dvc pull finds it
 
     # nothing new: the flow says so and does nothing else
-    champion_bytes = _sha(champion / "model.onnx")
     assert retrain_flow(root=root) == {"action": "nothing-new", "champion_version": 1}
-    import pandas as pd
-
     first_keys = set(pd.read_parquet(paths.manifest)["sha256"])
+    holdout_v1 = holdout_keys(paths)
 
     # new labelled images: only they are extracted; the challenger is promoted as version 2
     n_new = 0
@@ -64,44 +87,69 @@ def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
         shutil.copy(f, dest)
         n_new += 1
     second = retrain_flow(root=root)
-    import pandas as pd
-
     manifest = pd.read_parquet(paths.manifest)
     usable_new = manifest["path"].str.contains("|".join(CLASSES)) & ~manifest["sha256"].isin(first_keys)
     assert second["changes"]["new"] == n_new
     assert second["extracted"] == int(usable_new.sum()) > 0  # only the new images (minus rejected ones) ran
     assert second["action"] == "promoted" and second["champion_version"] == 2
-    assert (paths.models / "serving" / "triton" / "headstart" / "2" / "model.onnx").exists()
-    assert _sha(champion / "model.onnx") != champion_bytes
+    assert sorted(p.name for p in (serving_dir(paths) / "headstart").iterdir() if p.is_dir()) == ["1", "2"]
+    assert holdout_keys(paths) >= holdout_v1  # the hold-out never shrinks: every promoted test split is in it
 
-    # a harmful batch (new images with shuffled labels): rejected, champion untouched
+    # a poisoned batch that wins on the (poisoned) current test split: the hold-out alone rejects it, and not one
+    # deployable file changes
     write_overrides(["retrain.tolerance=0.0"], paths.root / "params.yaml")
-    champion_bytes = _sha(champion / "model.onnx")
-    rng = np.random.default_rng(0)
-    others = [f for c in ("people", "tools", "plants", "buildings") for f in sorted((clipart_raw / c).rglob("*.png"))]
-    for i, f in enumerate(others[:150]):
-        label = CLASSES[rng.integers(len(CLASSES))]
-        dest = paths.raw / label / f"noisy_{i:03d}{f.suffix}"
-        shutil.copy(f, dest)
+    before = _deploy_tree(paths)
+    _poison(clipart_raw, paths.raw)
     third = retrain_flow(root=root)
+    scores, metric = third["scores"], "f1_macro"
     assert third["action"] == "rejected", third["reason"]
-    assert third["champion_version"] == 2 and _sha(champion / "model.onnx") == champion_bytes
+    assert scores["challenger"][metric] >= scores["champion"][metric], third["reason"]  # wins on the current split
+    assert scores["challenger_holdout"][metric] < scores["champion_holdout"][metric]  # loses on the hold-out
+    assert third["champion_version"] == 2 and _deploy_tree(paths) == before
     kept = sorted((paths.models / "rejected").iterdir())
     assert len(kept) == 1 and json.loads((kept[0] / "reason.json").read_text())["reason"] == third["reason"]
     assert (kept[0] / "model.onnx").exists()
 
+    # predict defaults to the champion (not the rejected candidate in models/model.onnx) and says so
+    image = next(iter(sorted((paths.raw / "food").glob("*.png"))))
+    pred = run([sys.executable, "-m", "flows.cli", "predict", str(image)], paths.root)
+    assert "predict: using the champion v0002: models/registry/v0002/model.onnx" in pred.stderr
 
-def test_dvc_push_then_pull_restores_the_same_model(retrain_project):
+
+def test_two_rejections_in_the_same_second_get_two_folders(tmp_path):
+    from tasks.core.paths import ProjectPaths
+    from tasks.serving.champions import keep_rejected
+
+    paths = ProjectPaths(tmp_path)
+    paths.models.mkdir()
+    (paths.models / "model.onnx").write_bytes(b"candidate")
+    a = keep_rejected(paths, {"n": 1}, {"reason": "a"})
+    b = keep_rejected(paths, {"n": 2}, {"reason": "b"})
+    assert a != b and json.loads((a / "reason.json").read_text())["reason"] == "a"
+    assert json.loads((b / "reason.json").read_text())["reason"] == "b"
+
+
+def test_a_fresh_clone_and_dvc_pull_restore_the_champion_and_the_deploy_repository(retrain_project, tmp_path):
+    from tasks.core.paths import ProjectPaths
+    from tasks.serving.champions import champion_model, champion_version
+
     paths, _ = retrain_project
-    root = paths.root
-    if not paths.onnx.exists():
-        pytest.skip("needs the lifecycle test's outputs")
-    run([sys.executable, "-m", "dvc", "push", "-q"], root)
-    before = _sha(paths.onnx)
-    shutil.rmtree(root / ".dvc" / "cache")
-    paths.onnx.unlink()
-    shutil.rmtree(paths.features)
-    run([sys.executable, "-m", "dvc", "pull", "-q"], root)
-    assert _sha(paths.onnx) == before
-    assert any(paths.features.rglob("shard-*.npy"))
-    assert dvc_status_clean(root)
+    if champion_version(paths) is None:  # stands alone: make a champion if the lifecycle test did not run first
+        from flows.dvc_sync import record_promotion
+        from tasks.core.stages import STAGES, stage_function
+        from tasks.serving.promotion import judge_and_publish
+        from tests.conftest import project_params
+
+        params = project_params(paths)
+        for name in STAGES:
+            stage_function(name)(params, paths)
+        record_promotion(paths.root, judge_and_publish(params, paths)["champion_version"])
+    run([sys.executable, "-m", "dvc", "push", "-q"], paths.root)
+    clone = ProjectPaths(tmp_path / "clone")
+    run(["git", "clone", "-q", str(paths.root), str(clone.root)], tmp_path)
+    shutil.copy(paths.root / ".dvc" / "config", clone.root / ".dvc" / "config")  # the remote is a sibling folder
+    (clone.root / ".dvc-remote").symlink_to(paths.root / ".dvc-remote")
+    run([sys.executable, "-m", "dvc", "pull", "models/registry.dvc", "models/serving.dvc"], clone.root)
+    assert champion_version(clone) == champion_version(paths)
+    assert _sha(champion_model(clone)) == _sha(champion_model(paths))
+    assert _deploy_tree(clone) == _deploy_tree(paths)

@@ -57,7 +57,9 @@ def test_interval_schedule_triggers_a_retrain_run(tmp_path, clipart_raw):
             states = _completed_runs(api, env)
             assert served.poll() is None, "the schedule process exited"
         assert "COMPLETED" in states, states
-        assert (paths.models / "champion" / "model.onnx").exists()  # the scheduled run retrained and promoted
+        from tasks.serving.champions import champion_model
+
+        assert champion_model(paths) is not None  # the scheduled run retrained and promoted
     finally:
         for proc in (served, server):  # whole process groups: flow-run and server workers go too
             if proc is not None:

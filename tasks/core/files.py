@@ -1,4 +1,5 @@
-"""Atomic outputs: write to a temporary sibling, then rename, so no reader ever sees a half-written file."""
+"""Safe file operations: atomic outputs (write to a temporary sibling, then rename, so no reader ever sees a
+half-written file or folder), link-or-copy, and content hashing."""
 
 from __future__ import annotations
 
@@ -38,23 +39,49 @@ def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside `dest`; on success it replaces `dest` (old contents removed)."""
+    """Yield a temp directory beside `dest`; on success it replaces `dest` as one step (old contents removed).
+
+    An existing `dest` is swapped with the new folder by one atomic exchange (Linux renameat2), so a reader sees the
+    old folder or the new one, never neither; where the exchange is unsupported, by two renames in quick succession.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         yield tmp
-        if dest.exists():
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; outputs should look like normal folders
+        if not dest.exists():
+            os.replace(tmp, dest)
+        elif _exchange(tmp, dest):
+            shutil.rmtree(tmp)  # now holds the old contents
+        else:
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (renameat2 with RENAME_EXCHANGE); False where the platform cannot."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def atomic_write_text(dest: str | Path, text: str) -> None:
@@ -69,6 +96,15 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def file_stat(path: str | Path) -> tuple[int, int]:
+    """(size, mtime in ns) of a file, or (-1, -1) when it cannot be read: enough to notice it changed."""
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
 
 
 def sha256_file(path: str | Path) -> str:

@@ -31,6 +31,11 @@ class ProjectPaths:
         return self.prepared / "rejected.csv"
 
     @property
+    def hashes(self) -> Path:
+        """Remembered content hashes of source files, by size and mtime (tasks.dataset.hash_cache)."""
+        return self.prepared / "hashes.parquet"
+
+    @property
     def features(self) -> Path:
         return self.root / "data" / "features"
 

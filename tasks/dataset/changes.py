@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from tasks.core.files import sha256_file
+from tasks.core.files import file_stat
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
+from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_rejected
 from tasks.dataset.sources import list_sources
 
@@ -30,21 +31,32 @@ class DataChanges:
 
 
 def detect_changes(params: Params, paths: ProjectPaths) -> DataChanges:
-    """Compare the files under `ingest.source` with the manifest and the rejection list of the last ingest."""
-    candidates, named_rejects = list_sources(params.ingest, paths.root)
-    known: dict[str, str] = {}
+    """Compare the files under `ingest.source` with the manifest and the rejection list of the last ingest.
+
+    Changed: a used file whose bytes differ, a rejected file whose size or mtime moved (fixed in place, say), or a
+    file whose label is not the one it had (a CSV row relabelled, a file moved between class folders)."""
+    listing = list_sources(params.ingest, paths.root)
+    known: dict[str, tuple[str, str]] = {}
     if paths.manifest.exists():
         m = pd.read_parquet(paths.manifest)
-        known = dict(zip(m["path"], m["sha256"]))
-    rejected = set(read_rejected(paths)["path"])
+        known = {p: (sha, label) for p, sha, label in zip(m["path"], m["sha256"], m["label"])}
+    rej = read_rejected(paths)
+    rejected = {r.path: (r.label if isinstance(r.label, str) else "", getattr(r, "size", None),
+                         getattr(r, "mtime_ns", None)) for r in rej.itertuples()}
+    hashes = HashCache(paths.hashes)  # read only: a file unchanged since ingest hashed it is not read again
     out = DataChanges()
     present = set()
-    for c in candidates + named_rejects:
+    for c in listing.candidates + listing.rejected:
         present.add(c.rel)
         if c.rel in known:
-            if c.path.exists() and sha256_file(c.path) != known[c.rel]:
+            sha, label = known[c.rel]
+            if c.label != label or (c.path.exists() and hashes.sha256(c.path) != sha):
                 out.changed.append(c.rel)
-        elif c.rel not in rejected:
+        elif c.rel in rejected:
+            label, size, mtime = rejected[c.rel]
+            if (c.label or "") != label or file_stat(c.path) != (size, mtime):
+                out.changed.append(c.rel)
+        else:
             out.new.append(c.rel)
     out.removed = sorted(set(known) - present)
     return out

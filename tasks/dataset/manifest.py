@@ -13,6 +13,7 @@ from tasks.core.paths import ProjectPaths
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "group"]
+REJECTED_COLUMNS = ["path", "label", "reason", "size", "mtime_ns"]  # size/mtime: to notice a file fixed in place
 
 
 def read_manifest(paths: ProjectPaths) -> pd.DataFrame:
@@ -25,7 +26,7 @@ def read_manifest(paths: ProjectPaths) -> pd.DataFrame:
 def read_rejected(paths: ProjectPaths) -> pd.DataFrame:
     """The rejection list of the last ingest (empty before the first one)."""
     if not paths.rejected.exists():
-        return pd.DataFrame(columns=["path", "label", "reason"])
+        return pd.DataFrame(columns=REJECTED_COLUMNS)
     return pd.read_csv(paths.rejected)
 
 

@@ -3,7 +3,7 @@ reading any file."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -34,16 +34,28 @@ def _rel(path: Path, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def _list_folder(source: Path, p: IngestParams, root: Path) -> tuple[list[Candidate], list[Candidate]]:
+@dataclass
+class Listing:
+    """What a source holds, before any file is read."""
+
+    candidates: list[Candidate]  # files ingest will inspect
+    rejected: list[Candidate]  # files rejected by their name alone
+    empty_classes: list[str] = field(default_factory=list)  # class folders with no file at all
+
+
+def _list_folder(source: Path, p: IngestParams, root: Path) -> Listing:
     exts = {e.lower() for e in p.extensions}
-    candidates, rejected = [], []
+    candidates, rejected, empty = [], [], []
     class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise UserError(f"{source}: no class folders found; expected {source}/<class>/<image files>")
     for f in sorted(x for x in source.iterdir() if x.is_file() and not x.name.startswith(".")):
         rejected.append(Candidate(f, _rel(f, root), "", reason="not inside a class folder"))
     for d in class_dirs:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and not any(s.startswith(".") for s in f.relative_to(d).parts))
+        files = sorted(f for f in d.rglob("*")
+                       if f.is_file() and not any(s.startswith(".") for s in f.relative_to(d).parts))
+        if not files:
+            empty.append(d.name)
         for f in files:
             c = Candidate(f, _rel(f, root), d.name)
             if f.suffix.lower() not in exts:
@@ -51,7 +63,7 @@ def _list_folder(source: Path, p: IngestParams, root: Path) -> tuple[list[Candid
                 rejected.append(c)
             else:
                 candidates.append(c)
-    return candidates, rejected
+    return Listing(candidates, rejected, empty)
 
 
 def _list_csv(source: Path, root: Path) -> list[Candidate]:
@@ -86,13 +98,13 @@ def resolve_source(p: IngestParams, root: Path) -> Path:
     return source
 
 
-def list_candidates(source: Path, p: IngestParams, root: Path) -> tuple[list[Candidate], list[Candidate]]:
-    """(candidate files, files rejected by name alone) of a folder or CSV source."""
+def list_candidates(source: Path, p: IngestParams, root: Path) -> Listing:
+    """The files of a folder or CSV source, listed without reading them."""
     if source.is_dir():
         return _list_folder(source, p, root)
-    return _list_csv(source, root), []
+    return Listing(_list_csv(source, root), [])
 
 
-def list_sources(p: IngestParams, root: Path) -> tuple[list[Candidate], list[Candidate]]:
-    """(candidate image files, files rejected by name alone) under `ingest.source`, without reading them."""
+def list_sources(p: IngestParams, root: Path) -> Listing:
+    """The files under `ingest.source`, listed without reading them."""
     return list_candidates(resolve_source(p, root), p, root)

@@ -73,3 +73,16 @@ def warn_collapsed_groups(df: pd.DataFrame, p: IngestParams) -> None:
             log(f"ingest: warning: {largest} of {len(rows)} '{label}' files share one group "
                 f"('{rows['group'].value_counts().index[0]}') under ingest.group_pattern, so they share one split; "
                 f"set ingest.group_pattern to match your file names, or null")
+
+
+def warn_classes_missing_splits(df: pd.DataFrame, p: IngestParams) -> None:
+    """Name each class that has too few images (or groups) to reach every split that is asked for, and say where its
+    images went: such a class is trained on but cannot be scored (or tuned) on the splits it misses."""
+    wanted = [s for s, share in (("val", p.val_fraction), ("test", p.test_fraction)) if share > 0]
+    for label, rows in df.groupby("label"):
+        missing = [s for s in wanted if not (rows["split"] == s).any()]
+        if missing:
+            where = ", ".join(f"{n} in {s}" for s, n in rows["split"].value_counts().sort_index().items())
+            log(f"ingest: warning: class '{label}' has only {len(rows)} image(s) ({rows['group'].nunique()} group(s)): "
+                f"{where}, none in {' or '.join(missing)}; add images of it, or its {'/'.join(missing)} metrics "
+                f"will not cover it")

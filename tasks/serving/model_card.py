@@ -30,6 +30,9 @@ def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame
     else:
         training = "trained on frozen features"
     size = params.backbone.input_size
+    classes = [c for c in paths.labels.read_text().split("\n") if c] if paths.labels.exists() else list(per_class)
+    absent = (f"\n- not scored: {', '.join(metrics['classes_absent'])} (no image in the {params.evaluate.split} split; "
+              f"the averages cover the classes present)" if metrics.get("classes_absent") else "")
     rows = "\n".join(f"| {c} | {r.train} | {r.val} | {r.test} | {per_class[c]['precision']:.3f} | "
                      f"{per_class[c]['recall']:.3f} | {per_class[c]['f1-score']:.3f} |"
                      for c, r in counts.iterrows() if c in per_class)
@@ -40,7 +43,7 @@ def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame
     text = f"""# Model card — {params.export.triton_name}
 
 ## What it is
-An image classifier over {len(per_class)} classes: {", ".join(per_class)}.
+An image classifier over {len(classes)} classes: {", ".join(classes)}.
 Backbone `{recipe['backbone']}` ({recipe['arch']}, weights {recipe['weights'][:16]}…, pretrained on ImageNet-1k unless
 `backbone.weights` says otherwise), pooled features (`{recipe['layer']}`), and a {params.head.type} head
 (C={params.head.C}, class weights {params.head.class_weight}) {training}.
@@ -48,7 +51,7 @@ Backbone `{recipe['backbone']}` ({recipe['arch']}, weights {recipe['weights'][:1
 ## Input and output
 `models/model.onnx` takes `images`: uint8 RGB NHWC `(batch, {size}, {size}, 3)`; resize on the client with
 `{params.backbone.resize}` (letterbox on white for `pad`), as `tasks.images.load_uint8` does. It returns `logits` and
-`probs` `(batch, {len(per_class)})`; class order is `models/labels.txt`. Parity with the torch model at export:
+`probs` `(batch, {len(classes)})`; class order is `models/labels.txt`. Parity with the torch model at export:
 max |Δp| {parity.get('max_abs_diff_probs', float('nan')):.1e} on {parity.get('images', 0)} held-out images.
 
 ## Data
@@ -58,7 +61,7 @@ Source `{params.ingest.source}`: {len(manifest)} usable images, {n_rejected} rej
 
 ## Results ({params.evaluate.split} split, {metrics['n']} images; scored: {metrics['artifact']})
 - accuracy {metrics['accuracy']:.3f}; macro precision / recall / F1 {metrics['precision_macro']:.3f} /
-  {metrics['recall_macro']:.3f} / {metrics['f1_macro']:.3f}; weighted F1 {metrics['f1_weighted']:.3f}{int8}
+  {metrics['recall_macro']:.3f} / {metrics['f1_macro']:.3f}; weighted F1 {metrics['f1_weighted']:.3f}{int8}{absent}
 
 | class | train | val | test | precision | recall | F1 |
 |---|---|---|---|---|---|---|

@@ -17,13 +17,20 @@ from tasks.serving.onnx_classifier import OnnxClassifier
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
-    """(headline metrics, per-class report) computed with scikit-learn."""
+    """(headline metrics, per-class report) computed with scikit-learn.
+
+    Averages cover the classes present in `y_true`: a class with no sample in the evaluated split has no recall to
+    measure, and counting it as F1 0 would only drag the macro average down. Predictions of such a class still count
+    as errors of the class they were made for. The absent classes are listed under `classes_absent`."""
+    seen = set(y_true)
+    present = [c for c in classes if c in seen] + sorted(seen - set(classes))
     out = {"accuracy": float(accuracy_score(y_true, y_pred))}
     for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average=avg, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg, zero_division=0)
         out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
-    report = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
-    per_class = {c: {k: float(v) for k, v in report[c].items()} for c in classes}
+    out["classes_absent"] = [c for c in classes if c not in seen]
+    report = classification_report(y_true, y_pred, labels=present, output_dict=True, zero_division=0)
+    per_class = {c: {k: float(v) for k, v in report[c].items()} for c in present}
     return out, per_class
 
 

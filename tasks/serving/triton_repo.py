@@ -1,4 +1,4 @@
-"""Triton model repository for the exported model: `<root>/<name>/{config.pbtxt, labels.txt, <version>/model.onnx}`.
+"""Triton model repository folder: `<root>/<name>/{config.pbtxt, labels.txt, <version>/model.onnx ...}`.
 
 The config is written in Triton's protobuf text format (ModelConfig): platform `onnxruntime_onnx`, dims exclude the
 batch axis (which `max_batch_size` > 0 makes implicit), dynamic batching on, and `label_filename` on the `probs`
@@ -44,13 +44,16 @@ dynamic_batching {{
 """
 
 
-def write_triton_repo(onnx_path: Path, classes: list[str], input_size: int, root: Path, name: str,
-                      max_batch_size: int, version: int = 1) -> Path:
-    """Write the model folder atomically (replacing an older one) and return its path."""
+def write_triton_repo(root: Path, name: str, classes: list[str], input_size: int, max_batch_size: int,
+                      versions: dict[int, Path]) -> Path:
+    """Write the model folder `root/name` (config.pbtxt, labels.txt, one `<version>/model.onnx` per entry of
+    `versions`, hard-linked) beside the old one and swap it in as one step; return its path. Every version must share
+    the config's contract (classes and input size): Triton applies one config to all versions of a model."""
     dest = root / name
     with atomic_dir(dest) as tmp:
         (tmp / "config.pbtxt").write_text(config_pbtxt(name, input_size, len(classes), max_batch_size))
         (tmp / "labels.txt").write_text("\n".join(classes) + "\n")
-        (tmp / str(version)).mkdir()
-        link_or_copy(onnx_path, tmp / str(version) / "model.onnx")
+        for version, onnx_path in sorted(versions.items()):
+            (tmp / str(version)).mkdir()
+            link_or_copy(onnx_path, tmp / str(version) / "model.onnx")
     return dest

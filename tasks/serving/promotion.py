@@ -1,0 +1,69 @@
+"""The promotion gate: the candidate against the champion, on the same images, then promoted or kept aside.
+
+Both models run through ONNX Runtime on the current test split and on the trusted hold-out (every promoted
+version's test split): a batch of mislabelled new images poisons the current test split for both models alike,
+never the hold-out. The rule itself is `tasks.serving.champions.decide`. Used by `headstart promote`, by the demo
+and by the retrain flow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from tasks.core.files import atomic_write_text
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths
+from tasks.core.progress import log
+from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.serving.champions import (
+    champion_model,
+    champion_version,
+    decide,
+    holdout_keys,
+    keep_rejected,
+    promote,
+)
+from tasks.serving.scoring import score_models
+
+
+def compare(params: Params, paths: ProjectPaths) -> dict:
+    """Candidate and champion metrics on the current test split and, when there is one, the trusted hold-out."""
+    champion = champion_model(paths)
+    models = {"challenger": paths.onnx} | ({"champion": champion} if champion else {})
+    holdout = holdout_keys(paths) if champion else set()
+    if holdout:
+        present = set(split_rows(read_manifest(paths), "test")["sha256"])
+        gone = len(holdout - present)
+        if gone:
+            log(f"promotion: warning: {gone} of {len(holdout)} trusted hold-out images are no longer in the test split "
+                f"(deleted or rejected since); the hold-out check uses the {len(holdout) - gone} still there")
+    scores = score_models(models, params, paths, "test", {"holdout": holdout} if holdout else None)
+    out = {"challenger": scores["challenger"]["all"], "champion": scores["champion"]["all"] if champion else None}
+    if champion and "holdout" in scores["champion"]:
+        out["challenger_holdout"] = scores["challenger"]["holdout"]
+        out["champion_holdout"] = scores["champion"]["holdout"]
+    return out
+
+
+def judge_and_publish(params: Params, paths: ProjectPaths, context: dict | None = None) -> dict:
+    """Compare, decide, then promote the candidate or keep it under models/rejected/; write the decision to
+    models/metrics/promotion.json and return it ({"action": "promoted" | "rejected", "reason", "scores", ...})."""
+    scores = compare(params, paths)
+    promote_it, why = decide(params, scores)
+    record = {"decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": why,
+              "metric": params.retrain.metric, "tolerance": params.retrain.tolerance, "scores": scores,
+              **(context or {})}
+    if promote_it:
+        test_keys = split_rows(read_manifest(paths), "test")["sha256"].tolist()
+        version = promote(paths, params, scores["challenger"], record, test_keys)
+        record["action"] = "promoted"
+        log(f"promotion: promoted v{version:04d} ({why})")
+    else:
+        kept = keep_rejected(paths, scores["challenger"], record)
+        record |= {"action": "rejected", "kept": kept.relative_to(paths.root).as_posix()}
+        log(f"promotion: candidate rejected, champion v{champion_version(paths):04d} stays ({why}); kept in "
+            f"{record['kept']}")
+    record["champion_version"] = champion_version(paths)
+    atomic_write_text(paths.metrics / "promotion.json", json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,38 @@
+"""The champion registry and the one deploy repository, on their own: versions, the pointer, contract changes."""
+
+from __future__ import annotations
+
+import json
+
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths
+from tasks.serving.champions import champion_model, champion_version, promote, serving_dir, versions
+
+
+def _candidate(paths: ProjectPaths, classes: list[str], tag: str) -> None:
+    paths.models.mkdir(parents=True, exist_ok=True)
+    (paths.models / "model.onnx").write_bytes(f"onnx {tag}".encode())  # promotion copies bytes; it never parses them
+    (paths.models / "labels.txt").write_text("\n".join(classes) + "\n")
+    (paths.models / "MODEL_CARD.md").write_text(f"# card {tag}\n")
+
+
+def test_a_contract_change_swaps_the_whole_model_folder_and_the_registry_keeps_every_version(tmp_path):
+    paths, params = ProjectPaths(tmp_path), Params()
+    folder = serving_dir(paths) / params.export.triton_name
+    for tag in ("a", "b"):
+        _candidate(paths, ["cat", "dog", "fox"], tag)
+        promote(paths, params, {"f1_macro": 0.5}, {"reason": tag}, test_keys=[tag])
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]
+    assert (folder / "2" / "model.onnx").read_bytes() == b"onnx b" and "dims: [ 3 ]" in (folder / "config.pbtxt").read_text()
+
+    _candidate(paths, ["cat", "dog"], "c")  # one class fewer: the old versions cannot share the new config
+    assert promote(paths, params, {"f1_macro": 0.6}, {"reason": "c"}, test_keys=["c"]) == 3
+    assert sorted(p.name for p in folder.iterdir()) == ["3", "config.pbtxt", "labels.txt"]
+    assert "dims: [ 2 ]" in (folder / "config.pbtxt").read_text()
+    assert (folder / "labels.txt").read_text() == "cat\ndog\n"
+    assert list(versions(paths)) == [1, 2, 3] and champion_version(paths) == 3
+    assert champion_model(paths).read_bytes() == b"onnx c"
+    record = json.loads((paths.models / "registry" / "v0003" / "promotion.json").read_text())
+    assert record["contract"] == {"classes": ["cat", "dog"], "input_size": params.backbone.input_size}
+    leftovers = [p.name for p in (paths.models / "registry").iterdir()] + [p.name for p in serving_dir(paths).iterdir()]
+    assert not [n for n in leftovers if n.startswith(".")]  # nothing half-written left behind
