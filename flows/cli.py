@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -29,12 +30,15 @@ def _print_result(results: dict, seconds: float) -> None:
 
 def cmd_run(args) -> None:
     from flows.train import train_flow
+    from tasks.dataset.sources import resolve_source
 
-    load_params(overrides=args.set)  # fail fast, before Prefect starts, on a bad params file or override
+    # fail fast, before Prefect starts and before -S is written into params.yaml: a bad params file, override or source
+    resolve_source(load_params(overrides=args.set).ingest, default_paths().root)
     t0 = time.perf_counter()
     results = train_flow(overrides=args.set or None, commit=not args.no_commit)
     _print_result(results, time.perf_counter() - t0)
-    print("  this is a candidate; `headstart promote` makes it deployable (after the gate, when a champion exists)")
+    if args.command == "run":
+        print("  this is a candidate; `headstart promote` makes it deployable (after the gate, when a champion exists)")
 
 
 def cmd_promote(args) -> None:
@@ -46,6 +50,9 @@ def cmd_promote(args) -> None:
     if not paths.onnx.exists():
         raise UserError(f"{paths.onnx} not found: build a candidate first (`headstart run` or `dvc repro`)")
     record = judge_and_publish(load_params(), paths)
+    if record["action"] == "unchanged":
+        print(f"headstart promote: the candidate is the champion v{record['champion_version']:04d} already")
+        return
     if record["action"] != "promoted":
         print(f"headstart promote: rejected; champion v{record['champion_version']:04d} stays ({record['reason']})")
         raise SystemExit(1)
@@ -172,9 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed task's exception with its traceback; a user's mistake gets its one line only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `headstart` console script."""
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -54,3 +54,21 @@ def test_dvc_exp_run_on_a_csv_outside_the_project(tmp_path, clipart_raw):
     assert dvc_status_clean(paths.root)
     lock = yaml.safe_load((paths.root / "dvc.lock").read_text())
     assert lock["stages"]["ingest"]["deps"][0]["path"] == str(csv)
+
+
+def test_user_errors_under_headstart_run_are_one_line_and_leave_params_alone(tmp_path, clipart_raw):
+    paths = make_project(tmp_path / "proj", clipart_raw)
+    params_before = (paths.root / "params.yaml").read_text()
+    bad_source = run([sys.executable, "-m", "flows.cli", "run", "--no-commit", "-S", "ingest.source=/nonexistent/x"],
+                     paths.root, check=False)
+    assert bad_source.returncode == 2 and "Traceback" not in bad_source.stderr + bad_source.stdout
+    assert bad_source.stderr.strip().splitlines()[-1] == (
+        "error: ingest.source: '/nonexistent/x' does not exist (put images in <source>/<class>/ or give a CSV)")
+    assert (paths.root / "params.yaml").read_text() == params_before  # checked before -S is written
+
+    (paths.raw / "ghosts").mkdir()  # a class with only a broken file: ingest fails inside the Prefect flow
+    (paths.raw / "ghosts" / "broken.png").write_bytes(b"\x89PNG\r\n")
+    inside = run([sys.executable, "-m", "flows.cli", "run", "--no-commit"], paths.root, check=False)
+    assert inside.returncode == 2 and "Traceback" not in inside.stderr + inside.stdout
+    errors = [line for line in inside.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: class 'ghosts'")

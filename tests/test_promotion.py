@@ -36,3 +36,13 @@ def test_a_contract_change_swaps_the_whole_model_folder_and_the_registry_keeps_e
     assert record["contract"] == {"classes": ["cat", "dog"], "input_size": params.backbone.input_size}
     leftovers = [p.name for p in (paths.models / "registry").iterdir()] + [p.name for p in serving_dir(paths).iterdir()]
     assert not [n for n in leftovers if n.startswith(".")]  # nothing half-written left behind
+
+
+def test_promoting_the_champion_itself_again_is_a_no_op(tmp_path):
+    from tasks.serving.promotion import judge_and_publish
+
+    paths, params = ProjectPaths(tmp_path), Params()
+    _candidate(paths, ["cat", "dog"], "a")
+    promote(paths, params, {"f1_macro": 0.5}, {"reason": "a"}, test_keys=["a"])
+    record = judge_and_publish(params, paths)  # the same bytes: nothing to score, nothing to add
+    assert record["action"] == "unchanged" and list(versions(paths)) == [1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from tasks.core.files import atomic_write_text
+from tasks.core.files import atomic_write_text, sha256_file
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
@@ -49,6 +49,10 @@ def compare(params: Params, paths: ProjectPaths) -> dict:
 def judge_and_publish(params: Params, paths: ProjectPaths, context: dict | None = None) -> dict:
     """Compare, decide, then promote the candidate or keep it under models/rejected/; write the decision to
     models/metrics/promotion.json and return it ({"action": "promoted" | "rejected", "reason", "scores", ...})."""
+    champion = champion_model(paths)
+    if champion is not None and sha256_file(champion) == sha256_file(paths.onnx):
+        log(f"promotion: the candidate is the champion v{champion_version(paths):04d} already; nothing to do")
+        return {"action": "unchanged", "champion_version": champion_version(paths), "reason": "same model"}
     scores = compare(params, paths)
     promote_it, why = decide(params, scores)
     record = {"decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": why,
