@@ -30,17 +30,18 @@ def dvc_commit(root: Path) -> None:
     dvc_command(root, "commit", "--force", "--quiet")
 
 
-DEPLOYABLE = ("models/registry", "models/serving")
-
-
 def record_promotion(root: Path, version: int) -> None:
     """Track the champion registry and the deploy repository with DVC (`dvc add`, so `dvc push` sends every
     champion) and, in a git repository, commit their two pointer files alone, naming the version: a fresh clone +
     `dvc pull` then restores the champion and the deploy repository."""
+    from tasks.core.paths import ProjectPaths
+    from tasks.serving.champions import deployable_dirs
+
     if not (root / ".dvc").is_dir():
         return
-    dvc_command(root, "add", "--quiet", *DEPLOYABLE)
-    pointers = [f"{d}.dvc" for d in DEPLOYABLE]
+    folders = [d.relative_to(root).as_posix() for d in deployable_dirs(ProjectPaths(root))]
+    dvc_command(root, "add", "--quiet", *folders)
+    pointers = [f"{d}.dvc" for d in folders]
     if (root / ".git").exists():
         git(root, "add", "--force", "--", *pointers)
         if git(root, "diff", "--cached", "--quiet", "--", *pointers, check=False).returncode:

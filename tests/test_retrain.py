@@ -38,8 +38,10 @@ def _sha(path) -> str:
 
 def _deploy_tree(paths) -> dict[str, str]:
     """sha256 of every file of the deployable set: the champion registry and the deploy repository."""
-    return {f.relative_to(paths.models).as_posix(): _sha(f) for d in ("registry", "serving")
-            for f in sorted((paths.models / d).rglob("*")) if f.is_file()}
+    from tasks.serving.champions import deployable_dirs
+
+    return {f.relative_to(paths.models).as_posix(): _sha(f) for d in deployable_dirs(paths)
+            for f in sorted(d.rglob("*")) if f.is_file()}
 
 
 def _poison(clipart_raw, dest_root) -> None:

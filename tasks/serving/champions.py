@@ -43,6 +43,11 @@ def serving_dir(paths: ProjectPaths) -> Path:
     return paths.models / "serving" / "triton"
 
 
+def deployable_dirs(paths: ProjectPaths) -> list[Path]:
+    """The folders that hold every deployable file (what DVC tracks and what a rejection must leave untouched)."""
+    return [registry_dir(paths), serving_dir(paths).parent]
+
+
 def versions(paths: ProjectPaths) -> dict[int, Path]:
     """Every promoted version's folder, by version number."""
     reg = registry_dir(paths)
@@ -90,7 +95,7 @@ def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, te
     repository's model folder is rebuilt beside the old one and swapped in as one step; the champion pointer is
     replaced last. Returns the new version number."""
     version = max(versions(paths), default=0) + 1
-    classes = [c for c in (paths.labels).read_text().split("\n") if c]
+    classes = [c for c in paths.labels.read_text().split("\n") if c]
     contract = {"classes": classes, "input_size": params.backbone.input_size}
     final = registry_dir(paths) / f"v{version:04d}"
     with atomic_dir(final) as tmp:
