@@ -123,7 +123,8 @@ def _api_url_for_workers(address: str | None) -> str | None:
         if host not in _LOOPBACK:
             raise UserError(f"Dask scheduler {address} is not on this machine, but Prefect runs on a temporary local "
                             f"API its workers cannot reach: set PREFECT_API_URL to a Prefect server they can reach "
-                            f"(e.g. `prefect server start --host 0.0.0.0` here)")
+                            f"(e.g. `prefect server start --host <this machine's address on that private network>`; "
+                            f"never a public interface: the API has no authentication)")
     return url
 
 

@@ -207,3 +207,27 @@ def test_lpft_on_fashion_mnist_subset_lowers_loss_and_ships_the_kept_model(tmp_p
     run_export(params, paths)
     shipped = run_evaluate(params, paths)  # the exported ONNX on the val split
     assert abs(shipped.accuracy - summary["best"]["val_accuracy"]) <= 1 / shipped.n + 1e-9
+
+
+def test_a_tampered_checkpoint_runs_no_code_and_is_reported(tmp_path, capfd):
+    import random
+
+    from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Payload:  # what a tampered last.pt could carry: code that runs when the file is unpickled
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    torch.save({"key": "k", "model": {}, "extra": Payload()}, tmp_path / "last.pt")
+    assert load_checkpoint(tmp_path / "last.pt", "k") is None
+    assert not marker.exists()
+    err = capfd.readouterr().err
+    assert f"cannot resume from {tmp_path / 'last.pt'}: not a safe-loadable checkpoint" in err
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)  # RNG states survive the safe format exactly
+    save_checkpoint(tmp_path / "ok.pt", {"key": "k", "rng": rng_states()})
+    before = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    restore_rng(load_checkpoint(tmp_path / "ok.pt", "k")["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == before

@@ -46,3 +46,25 @@ def test_promoting_the_champion_itself_again_is_a_no_op(tmp_path):
     promote(paths, params, {"f1_macro": 0.5}, {"reason": "a"}, test_keys=["a"])
     record = judge_and_publish(params, paths)  # the same bytes: nothing to score, nothing to add
     assert record["action"] == "unchanged" and list(versions(paths)) == [1]
+
+
+def test_every_published_file_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd):  # observe, then really sync
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    paths, params = ProjectPaths(tmp_path), Params()
+    _candidate(paths, ["cat", "dog"], "a")
+    monkeypatch.setattr(os, "fsync", spy)
+    promote(paths, params, {"f1_macro": 0.5}, {"reason": "a"}, test_keys=["a"])
+    monkeypatch.undo()
+    published = [p for d in ("registry", "serving") for p in (paths.models / d).rglob("*") if p.is_file()]
+    names = [os.path.basename(s) for s in synced]
+    for f in published:  # synced before the rename: inside its temporary folder, or under its temporary name
+        assert any(n == f.name or n.startswith(f".{f.name}.") for n in names), f"{f} was published without an fsync"
+    assert str(paths.models / "registry") in synced  # the folder holding the renamed entries, after the rename

@@ -17,10 +17,12 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(dest: str | Path, suffix: str = "", durable: bool = False) -> Iterator[Path]:
     """Yield a temp path beside `dest`; on success rename it onto `dest`, on error delete it.
 
     The temp name keeps `suffix` (e.g. ".parquet") so libraries that infer the format from the extension work.
+    `durable`: the bytes reach the disk before the rename publishes them, and the rename before this returns (fsync
+    of the file, then of the folder), so a power cut never leaves a published name over missing data.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -31,18 +33,23 @@ def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should look like normal files
+        if durable:
+            _fsync(tmp_path)
         os.replace(tmp_path, dest)
+        if durable:
+            _fsync(dest.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | Path) -> Iterator[Path]:
+def atomic_dir(dest: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temp directory beside `dest`; on success it replaces `dest` as one step (old contents removed).
 
     An existing `dest` is swapped with the new folder by one atomic exchange (Linux renameat2), so a reader sees the
     old folder or the new one, never neither; where the exchange is unsupported, by two renames in quick succession.
+    `durable`: every file and folder inside is fsynced before the swap, and the parent folder after it.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +57,10 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; outputs should look like normal folders
+        if durable:
+            for sub in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # contents before folders
+                _fsync(sub)
+            _fsync(tmp)
         if not dest.exists():
             os.replace(tmp, dest)
         elif _exchange(tmp, dest):
@@ -60,9 +71,20 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
+        if durable:
+            _fsync(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -84,9 +106,9 @@ def _libc():
         return None
 
 
-def atomic_write_text(dest: str | Path, text: str) -> None:
-    """Write `text` to `dest` atomically."""
-    with atomic_path(dest) as tmp:
+def atomic_write_text(dest: str | Path, text: str, durable: bool = False) -> None:
+    """Write `text` to `dest` atomically (and durably: see `atomic_path`)."""
+    with atomic_path(dest, durable=durable) as tmp:
         tmp.write_text(text)
 
 

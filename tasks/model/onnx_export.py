@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.core.files import atomic_path
+from tasks.core.progress import log
 
 if TYPE_CHECKING:
     from torch import nn
@@ -29,7 +30,9 @@ def export_onnx(model: nn.Module, dest: Path, size: int, output_names: list[str]
         try:
             torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=output_names,
                               dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
-        except (TypeError, RuntimeError, NotImplementedError):
+        except (TypeError, RuntimeError, NotImplementedError) as exc:
+            log(f"onnx export: the TorchScript exporter failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160] if str(exc) else 'no message'}); trying the dynamo exporter")
             torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=output_names,
                               dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
                               opset_version=opset, dynamo=True, verbose=False)

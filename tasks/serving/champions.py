@@ -91,14 +91,14 @@ def _contract(folder: Path) -> dict:
 def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, test_keys: list[str]) -> int:
     """Register the candidate (models/model.onnx + labels + card) as a new version and make it the champion.
 
-    Steps, each safe to interrupt: the version folder is written under a temp name and renamed in; the deploy
-    repository's model folder is rebuilt beside the old one and swapped in as one step; the champion pointer is
-    replaced last. Returns the new version number."""
+    Steps, each safe to interrupt (and each fsynced before the rename that publishes it): the version folder is
+    written under a temp name and renamed in; the deploy repository's model folder is rebuilt beside the old one and
+    swapped in as one step; the champion pointer is replaced last. Returns the new version number."""
     version = max(versions(paths), default=0) + 1
     classes = [c for c in paths.labels.read_text().split("\n") if c]
     contract = {"classes": classes, "input_size": params.backbone.input_size}
     final = registry_dir(paths) / f"v{version:04d}"
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, durable=True) as tmp:
         for name in ARTIFACTS:
             if (paths.models / name).exists():
                 link_or_copy(paths.models / name, tmp / name)
@@ -107,11 +107,11 @@ def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, te
         (tmp / "test_keys.json").write_text(json.dumps(sorted(test_keys)))
     same = {v: folder / "model.onnx" for v, folder in versions(paths).items() if _contract(folder) == contract}
     write_triton_repo(serving_dir(paths), params.export.triton_name, classes, params.backbone.input_size,
-                      params.export.triton_max_batch_size, same)
+                      params.export.triton_max_batch_size, same, durable=True)
     if len(same) < len(versions(paths)):
         log(f"promote: v{version:04d} changes the model's contract (classes or input size): the deploy repository now "
             f"serves versions {sorted(same)} only; earlier versions stay in {registry_dir(paths)}")
-    atomic_write_text(registry_dir(paths) / POINTER, json.dumps({"version": version}) + "\n")
+    atomic_write_text(registry_dir(paths) / POINTER, json.dumps({"version": version}) + "\n", durable=True)
     return version
 
 

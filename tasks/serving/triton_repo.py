@@ -45,12 +45,12 @@ dynamic_batching {{
 
 
 def write_triton_repo(root: Path, name: str, classes: list[str], input_size: int, max_batch_size: int,
-                      versions: dict[int, Path]) -> Path:
+                      versions: dict[int, Path], durable: bool = False) -> Path:
     """Write the model folder `root/name` (config.pbtxt, labels.txt, one `<version>/model.onnx` per entry of
     `versions`, hard-linked) beside the old one and swap it in as one step; return its path. Every version must share
     the config's contract (classes and input size): Triton applies one config to all versions of a model."""
     dest = root / name
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, durable=durable) as tmp:
         (tmp / "config.pbtxt").write_text(config_pbtxt(name, input_size, len(classes), max_batch_size))
         (tmp / "labels.txt").write_text("\n".join(classes) + "\n")
         for version, onnx_path in sorted(versions.items()):
