@@ -24,6 +24,8 @@ import torch
 
 from tasks.core.hardware import resolve_threads
 from tasks.core.params import load_params
+from tasks.core.paths import default_paths
+from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.images import load_uint8
 from tasks.extraction.engines import OrtEngine, TorchEngine
 from tasks.extraction.extract import extract_to_store
@@ -73,7 +75,8 @@ def main() -> None:
     if args.decode_workers is not None:
         overrides.append(f"features.decode_workers={args.decode_workers}")
     params = load_params("params.yaml", overrides)
-    paths = pd.read_parquet("data/prepared/manifest.parquet")["path"].tolist()[: args.images]
+    manifest = pd.read_parquet("data/prepared/manifest.parquet").head(args.images)
+    paths, keys = manifest["path"].tolist(), manifest["sha256"].tolist()
 
     t0 = time.perf_counter()
     images = np.stack([load_uint8(p, args.size, params.backbone.resize) for p in paths])
@@ -92,9 +95,9 @@ def main() -> None:
             results[f"{name}_model_img_s"] = time_model(engine, batches)
         for name, engine in engines.items():
             store = FeatureStore(Path(tmp) / "store", f"e2e-{name}")
-            todo = [(f"{name}-{i}", p) for i, p in enumerate(paths)]
+            todo = list(zip(keys, paths))  # each engine writes its own store, so the keys may repeat across them
             t0 = time.perf_counter()
-            extract_to_store(params, store, todo, engine)
+            extract_to_store(params, store, todo, engine, HashCache(default_paths().hashes))
             results[f"{name}_e2e_img_s"] = len(todo) / (time.perf_counter() - t0)
 
     base = results["torch-nchw_model_img_s"]

@@ -33,7 +33,7 @@ import torch
 
 from tasks.core.errors import UserError, exit_on_user_error
 from tasks.core.params import AugmentParams, BackboneParams, FinetuneParams
-from tasks.dataset.images import load_known
+from tasks.dataset.images import load_uint8
 from tasks.model.backbones import build_backbone
 from tasks.model.image_model import ImageModel
 from tasks.training.epoch import make_augment
@@ -56,7 +56,7 @@ class FileDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        img = torch.from_numpy(load_known(self.files[i], self.size, "pad")).permute(2, 0, 1)
+        img = torch.from_numpy(load_uint8(self.files[i], self.size, "pad")).permute(2, 0, 1)
         return self.aug(img).permute(1, 2, 0), self.labels[i]
 
 
@@ -99,7 +99,7 @@ def run(files, labels, size: int, batch: int, steps: int, repeats: int) -> dict:
     reps = -(-n_needed // len(files))
     files, labels = (files * reps)[:n_needed], (labels * reps)[:n_needed]
     default_threads = torch.get_num_threads()
-    cache = np.stack([load_known(f, size, "pad") for f in files])  # the stage's pixel cache (decoded once, untimed)
+    cache = np.stack([load_uint8(f, size, "pad") for f in files])  # the stage's pixel cache (decoded once, untimed)
     y_all = torch.as_tensor(labels)
     aug = _augment(size)
 

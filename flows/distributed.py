@@ -65,13 +65,13 @@ ADDRESS_ENV = "HEADSTART_DASK_ADDRESS"
 
 @task(name="extract-shard", retries=0, cache_policy=NO_CACHE)
 def extract_shard(params: Params, features_root: str, fingerprint: str, index: int,
-                  todo: list[tuple[str, str]]) -> dict:
+                  todo: list[tuple[str, str]], hashes: str) -> dict:
     """On a worker: extract `todo` [(sha256, absolute path)] into the part store `<store>/.part-<index>/`.
 
     Never takes the store lock and never writes the main store (the coordinator holds the lock and merges parts).
     """
     t0 = time.perf_counter()
-    engine = extract_part(params, Path(features_root) / fingerprint, index, todo)
+    engine = extract_part(params, Path(features_root) / fingerprint, index, todo, Path(hashes))
     try:
         from distributed import get_worker
 
@@ -188,7 +188,8 @@ def extract_features_distributed(root: str | None = None, shards: int = 2, addre
                 with _dask_context(address), task_runner(len(chunks), address) as runner:
                     futures = [runner.submit(extract_shard, parameters={
                         "params": worker_params, "features_root": str(paths.features),
-                        "fingerprint": store.fingerprint, "index": i, "todo": chunk}) for i, chunk in enumerate(chunks)]
+                        "fingerprint": store.fingerprint, "index": i, "todo": chunk,
+                        "hashes": str(paths.hashes)}) for i, chunk in enumerate(chunks)]
                     for f in futures:  # let every worker finish (and its part become whole) before merging
                         f.wait()
                     cluster = runner.client.scheduler.address

@@ -21,8 +21,8 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
-from tasks.dataset.images import load_many
 from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.dataset.manifest_images import load_rows
 from tasks.extraction.feature_store import open_store
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
@@ -82,7 +82,7 @@ def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str)
     if clf.classes != head.classes:
         raise UserError(f"{onnx_path} predicts {clf.classes}, {paths.head} has {head.classes}; re-run export")
     rel = onnx_path.relative_to(paths.root).as_posix()
-    images = load_many([paths.root / p for p in rows["path"]], clf.input_size, clf.resize)
+    images = load_rows(rows, paths, clf.input_size, clf.resize, params.ingest.max_pixels)
     return clf.probs_batched(images), f"{rel} via ONNX Runtime from image files"
 
 

@@ -32,8 +32,8 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
-from tasks.dataset.images import load_many
 from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.dataset.manifest_images import load_rows
 from tasks.extraction.engines import OrtEngine
 from tasks.extraction.fingerprint import feature_recipe
 from tasks.model.finetune_record import finetune_summary
@@ -138,7 +138,7 @@ def _split_images(params: Params, paths: ProjectPaths, split: str, limit: int) -
     size, mode = params.backbone.input_size, params.backbone.resize
     if not len(rows):
         return np.zeros((0, size, size, 3), np.uint8), np.array([], dtype=object)
-    return load_many([paths.root / p for p in rows["path"]], size, mode), rows["label"].to_numpy()
+    return load_rows(rows, paths, size, mode, params.ingest.max_pixels), rows["label"].to_numpy()
 
 
 def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> dict:

@@ -16,6 +16,7 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
+from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, read_rejected
 from tasks.extraction.engines import resolve_engine
 from tasks.extraction.extract import extract_to_store, make_engine
@@ -55,7 +56,7 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
         if todo:
             engine = make_engine(params, store)
             engine_name = engine.name
-            extract_to_store(params, store, todo, engine)
+            extract_to_store(params, store, todo, engine, HashCache(paths.hashes))
     finally:
         lock.release()
     seconds = time.perf_counter() - t0

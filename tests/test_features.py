@@ -186,3 +186,20 @@ def test_an_image_deleted_after_ingest_is_a_one_line_error_naming_it(tmp_path, c
         run_features(params, paths)
     run_ingest(params, paths)  # as the message says: ingest forgets the file, extraction goes through
     assert run_features(params, paths).extracted > 0
+
+
+def test_a_file_edited_after_ingest_stops_extraction_with_its_name(tmp_path, clipart_raw):
+    raw = tmp_path / "src"
+    for c in ("animals", "food"):
+        for f in sorted((clipart_raw / c).rglob("*.png"))[:8]:
+            (raw / c).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, raw / c / f.name)
+    paths = make_project(tmp_path / "proj", raw)
+    params = project_params(paths)
+    run_ingest(params, paths)
+    edited = sorted((paths.raw / "food").glob("*.png"))[0]
+    edited.write_bytes(edited.read_bytes() + b"\0")  # still decodes; no longer the bytes ingest validated
+    with pytest.raises(UserError, match=rf"{edited.name}: changed since ingest .*re-run ingest") as exc:
+        run_features(params, paths)
+    assert "\n" not in str(exc.value)
+    assert len(open_store(params, paths)) == 0  # nothing stored under the old content's key

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tasks.core.errors import UserError
-from tasks.dataset.images import load_many
 from tasks.dataset.manifest import read_manifest
+from tasks.dataset.manifest_images import load_rows
 from tasks.model.backbones import build_backbone
 from tasks.model.head_format import Head
 from tasks.model.image_model import ImageModel
@@ -64,7 +64,7 @@ def test_frozen_blocks_keep_bn_statistics_and_weights(ft_project, bn):
     probe = Head.load(ft_project.head)
     model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(probe))
     rows = read_manifest(ft_project).query("split == 'train'").head(64)
-    x = torch.from_numpy(load_many([ft_project.root / p for p in rows["path"]], 96, "pad"))
+    x = torch.from_numpy(load_rows(rows, ft_project, 96, "pad", 40_000_000))
     y = torch.as_tensor([probe.classes.index(c) for c in rows["label"]])
     before = [_bn_buffers(u) for u in units.modules]
     weights = [[q.detach().clone() for q in units.parameters(i)] for i in range(len(units))]
@@ -144,7 +144,7 @@ def test_a_finetune_that_hurts_ships_the_frozen_head(ft_project, tmp_path):
     run_export(params, paths)
     xv, _, rows, _ = split_features(params, paths, "val")
     onnx_probs = OnnxClassifier(paths.onnx).probs_batched(
-        load_many([paths.root / p for p in rows["path"]], 96, "pad"))
+        load_rows(rows, paths, 96, "pad", 40_000_000))
     assert np.abs(onnx_probs - Head.load(paths.head).probs(xv)).max() < 1e-3  # the shipped model is the probe
 
 

@@ -173,3 +173,18 @@ def test_a_rejected_file_fixed_in_place_and_a_relabelled_csv_row_are_changes(tmp
     df.to_csv(csv, index=False)
     changes = detect_changes(params, paths)
     assert sorted(Path(p).name for p in changes.changed) == ["001.png", "broken.png"] and not changes.new
+
+
+def test_every_decode_enforces_the_pixel_limit_and_pillows_own_guard_stays_on(tmp_path):
+    from PIL import Image as PILImage
+
+    from tasks.dataset.images import TooLarge, load_checked, load_uint8
+
+    big = tmp_path / "big.png"
+    PILImage.new("RGB", (2000, 1500)).save(big)  # 3 MP
+    with pytest.raises(TooLarge, match=r"too large: 2000x1500 = 3 MP > limit 1 MP"):
+        load_uint8(big, 64, "pad", max_pixels=1_000_000)
+    assert load_checked(big, 64, "pad", 1_000_000) == (None, "too large: 2000x1500 = 3 MP > limit 1 MP "
+                                                            "(ingest.max_pixels)")
+    assert load_uint8(big, 64, "pad").shape == (64, 64, 3)  # within the default limit
+    assert PILImage.MAX_IMAGE_PIXELS is not None  # importing headstart no longer turns Pillow's bomb guard off

@@ -31,7 +31,8 @@ class IngestParams(_Section):
         r"^(?P<group>.+?)(?:[_-]\d{1,2})?$",
         description="regex on the file stem; files with the same match (per class) share a split. null = no grouping",
     )
-    max_pixels: int = Field(40_000_000, gt=0, description="reject images with more pixels than this")
+    max_pixels: int = Field(40_000_000, gt=0, le=178_956_970,
+                            description="reject images with more pixels than this (Pillow refuses beyond 179 MP)")
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     workers: int = Field(2, ge=1, description="threads decoding images to validate them")
 

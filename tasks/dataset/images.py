@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-# We enforce our own pixel limit (params ingest.max_pixels) from the header, before decoding.
-Image.MAX_IMAGE_PIXELS = None
+# Our own pixel limit (ingest.max_pixels) is enforced from the header by every function here, before decoding;
+# Pillow's process-wide bomb guard stays as Pillow sets it, for any other code in the process.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+DEFAULT_MAX_PIXELS = 40_000_000  # ingest.max_pixels' default; a client decoding for the model uses the same limit
 
 WHITE = (255, 255, 255)
 
@@ -36,6 +37,8 @@ def _too_large(w: int, h: int, max_pixels: int) -> str:
 
 
 def _corrupt(exc: BaseException) -> str:
+    if isinstance(exc, Image.DecompressionBombError):  # over Pillow's own limit: refused before its header is used
+        return f"too large: {str(exc).split(',')[0]} (ingest.max_pixels)"
     return f"truncated or corrupt ({str(exc).splitlines()[0][:120]})"
 
 
@@ -101,11 +104,19 @@ def resize_square(img: Image.Image, size: int, mode: str) -> Image.Image:
     raise ValueError(f"unknown resize mode {mode!r}")
 
 
-def load_uint8(path: str | Path, size: int, mode: str) -> np.ndarray:
-    """Decode `path` into a (size, size, 3) uint8 RGB array ready for the model (HWC)."""
+class TooLarge(ValueError):
+    """An image over the pixel limit (found from its header, before anything is decoded)."""
+
+
+def load_uint8(path: str | Path, size: int, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode `path` into a (size, size, 3) uint8 RGB array ready for the model (HWC). Every call enforces
+    `max_pixels` from the header before decoding: `TooLarge` (a ValueError) for an image over it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise TooLarge(_too_large(w, h, max_pixels))
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))  # decode at reduced scale: far less work for big JPEGs
             rgb = to_rgb(img)
@@ -114,38 +125,16 @@ def load_uint8(path: str | Path, size: int, mode: str) -> np.ndarray:
 
 
 def load_checked(path: str | Path, size: int, mode: str, max_pixels: int) -> tuple[np.ndarray | None, str]:
-    """`load_uint8` for untrusted files, decoding once: (array, "") or (None, reason), never raising for bad files.
-    The pixel limit is checked from the header before anything is decoded."""
+    """`load_uint8` for untrusted files, decoding once: (array, "") or (None, reason), never raising for bad files."""
     try:
         if Path(path).stat().st_size == 0:
             return None, "empty file (0 bytes)"
-        with Image.open(path) as img:  # header only
-            w, h = img.size
-        if w * h > max_pixels:
-            return None, _too_large(w, h, max_pixels)
-        return load_uint8(path, size, mode), ""
+        return load_uint8(path, size, mode, max_pixels), ""
+    except TooLarge as exc:
+        return None, str(exc)
     except FileNotFoundError:
         return None, "file not found"
     except UnidentifiedImageError:
         return None, "not an image (format not recognised)"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return None, _corrupt(exc)
-
-
-def load_known(path: str | Path, size: int, mode: str) -> np.ndarray:
-    """`load_uint8` for a file that ingest accepted: if it cannot be read now, a one-line UserError naming it."""
-    try:
-        return load_uint8(path, size, mode)
-    except (OSError, ValueError) as exc:
-        from tasks.core.errors import UserError
-
-        raise UserError(f"{path}: listed in the manifest but cannot be read now ({str(exc).splitlines()[0][:80]}); "
-                        f"re-run ingest") from None
-
-
-def load_many(paths: list[str | Path], size: int, mode: str) -> np.ndarray:
-    """Several accepted files as one uint8 NHWC array (see `load_known`)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, p in enumerate(paths):
-        out[i] = load_known(p, size, mode)
-    return out

@@ -19,7 +19,8 @@ import pandas as pd
 from tasks.core.files import atomic_path
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import Progress
-from tasks.dataset.images import load_known
+from tasks.dataset.hash_cache import HashCache
+from tasks.dataset.manifest_images import load_listed
 
 
 def cache_key(sha256s: list[str], size: int, mode: str) -> str:
@@ -33,7 +34,7 @@ def cache_key(sha256s: list[str], size: int, mode: str) -> str:
     return h.hexdigest()[:24]
 
 
-def split_pixels(rows: pd.DataFrame, paths: ProjectPaths, size: int, mode: str, desc: str,
+def split_pixels(rows: pd.DataFrame, paths: ProjectPaths, size: int, mode: str, max_pixels: int, desc: str,
                  workers: int = 2) -> np.ndarray:
     """uint8 (N, size, size, 3) pixels of manifest `rows` in row order, memory-mapped from the cache (decoded and
     cached first if needed)."""
@@ -42,13 +43,14 @@ def split_pixels(rows: pd.DataFrame, paths: ProjectPaths, size: int, mode: str, 
     if target.exists():
         return np.load(target, mmap_mode="r")
     cache.mkdir(parents=True, exist_ok=True)
-    files = [paths.root / p for p in rows["path"]]
+    files = list(zip([paths.root / p for p in rows["path"]], rows["sha256"]))
+    hashes = HashCache(paths.hashes)
     with atomic_path(target, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
         with Progress(len(files), desc) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
             for start in range(0, len(files), 256):
                 chunk = files[start : start + 256]
-                for i, img in enumerate(pool.map(lambda f: load_known(f, size, mode), chunk)):
+                for i, img in enumerate(pool.map(lambda f: load_listed(*f, size, mode, max_pixels, hashes), chunk)):
                     out[start + i] = img
                 bar.update(len(chunk))
         out.flush()

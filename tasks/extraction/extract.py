@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 from tasks.core.params import Params
 from tasks.core.progress import Progress
-from tasks.dataset.images import load_many
+from tasks.dataset.hash_cache import HashCache
+from tasks.dataset.manifest_images import load_listed
 from tasks.extraction.engines import OrtEngine, TorchEngine, resolve_engine
 from tasks.extraction.feature_store import FeatureStore
 from tasks.model.onnx_export import export_onnx
@@ -41,13 +43,15 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, str]], engine) -> int:
-    """Decode, run and append `todo` [(sha256, path)] to the store, a shard every `features.shard_size` rows."""
+def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, str]], engine,
+                     hashes: HashCache) -> int:
+    """Decode, run and append `todo` [(sha256, path)] to the store, a shard every `features.shard_size` rows. Each
+    file must still hold the bytes its sha256 names (checked through `hashes`), or the run stops naming it."""
     p = params.features
-    size, mode = params.backbone.input_size, params.backbone.resize
+    size, mode, limit = params.backbone.input_size, params.backbone.resize, params.ingest.max_pixels
 
     def decode(batch):
-        return load_many([path for _, path in batch], size, mode)
+        return np.stack([load_listed(Path(path), sha, size, mode, limit, hashes) for sha, path in batch])
 
     pending_keys: list[str] = []
     pending_feats: list[np.ndarray] = []

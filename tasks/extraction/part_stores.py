@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core.params import Params
+from tasks.dataset.hash_cache import HashCache
 from tasks.extraction.extract import extract_to_store, make_engine
 from tasks.extraction.feature_store import FeatureStore
 
@@ -74,13 +75,14 @@ def merge_parts(store: FeatureStore, shard_size: int) -> tuple[int, int]:
     return rows, files
 
 
-def extract_part(params: Params, store_dir: Path, index: int, todo: list[tuple[str, str]]) -> str:
+def extract_part(params: Params, store_dir: Path, index: int, todo: list[tuple[str, str]], hashes: Path) -> str:
     """On a worker: extract `todo` [(sha256, absolute path)] into the part store `<store_dir>/.part-<index>/` with the
-    store's cached backbone graph; never touches the main store. Returns the engine's name."""
+    store's cached backbone graph, checking each file against its sha256 (`hashes`: the project's hash cache); never
+    touches the main store. Returns the engine's name."""
     store = FeatureStore(store_dir.parent, store_dir.name)  # read-only here: only its cached backbone.onnx is used
     part_dir = store.dir / f"{PART_PREFIX}{index}"
     shutil.rmtree(part_dir, ignore_errors=True)  # a Dask retry of this chunk starts clean
     part = FeatureStore(store.dir, part_dir.name)
     engine = make_engine(params, store)
-    extract_to_store(params, part, todo, engine)
+    extract_to_store(params, part, todo, engine, HashCache(hashes))
     return engine.name

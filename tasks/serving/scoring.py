@@ -11,8 +11,9 @@ from sklearn.metrics import accuracy_score, classification_report, precision_rec
 from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
-from tasks.dataset.images import load_many
+from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.dataset.manifest_images import load_rows
 from tasks.serving.onnx_classifier import OnnxClassifier
 
 
@@ -48,7 +49,8 @@ def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, s
     views |= {name: rows["sha256"].isin(keys).to_numpy() for name, keys in (subsets or {}).items()}
     classifiers = {name: OnnxClassifier(path) for name, path in models.items()}
     sizes = {(c.input_size, c.resize) for c in classifiers.values()}
-    arrays = {key: load_many([paths.root / p for p in rows["path"]], *key) for key in sizes}
+    hashes = HashCache(paths.hashes)
+    arrays = {key: load_rows(rows, paths, *key, params.ingest.max_pixels, hashes) for key in sizes}
     y = rows["label"].to_numpy()
     out: dict[str, dict[str, dict]] = {}
     for name, clf in classifiers.items():

@@ -159,8 +159,9 @@ def prepare(params: Params, paths: ProjectPaths) -> Run:
     check_strategy(p, units, params.backbone.name)
     train_rows, val_rows, rows, index = _split_data(params, paths, probe)
     size, mode = params.backbone.input_size, params.backbone.resize
-    x_train = split_pixels(train_rows, paths, size, mode, "finetune: decoding train")
-    x_val = split_pixels(val_rows, paths, size, mode, "finetune: decoding val")
+    limit = params.ingest.max_pixels
+    x_train = split_pixels(train_rows, paths, size, mode, limit, "finetune: decoding train")
+    x_val = split_pixels(val_rows, paths, size, mode, limit, "finetune: decoding val")
     prune(paths, {Path(x_train.filename), Path(x_val.filename)})
     fit_idx = np.random.default_rng(params.seed).permutation(len(train_rows))[:FIT_SAMPLE]
     fit_idx.sort()
