@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import stat as stat_module
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,14 +52,23 @@ class IngestSummary:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]], hashes: HashCache) -> Candidate:
+def _inspect(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], hashes: HashCache) -> Candidate:
     """Hash the bytes and (unless this exact content was validated before) fully decode the image. A file whose
-    size and mtime have not moved since it was hashed, with content validated before, is not read at all."""
+    size and mtime have not moved since it was hashed, with content validated before, is not read at all. Only
+    regular files within `ingest.max_file_bytes` are read (a CSV can name /dev/zero or a FIFO)."""
     cached = hashes.lookup(c.path)
     if cached in known:
         c.sha256, (c.width, c.height) = cached, known[cached]
         return c
     try:
+        st = c.path.stat()
+        if not stat_module.S_ISREG(st.st_mode):
+            c.reason = "not a regular file (a device, FIFO, socket or folder)"
+            return c
+        if st.st_size > p.max_file_bytes:
+            c.reason = (f"too big: {st.st_size:,} bytes > limit {p.max_file_bytes:,} (ingest.max_file_bytes); "
+                        f"not read")
+            return c
         stat = file_stat(c.path)
         data = c.path.read_bytes()
     except FileNotFoundError:
@@ -72,7 +82,7 @@ def _inspect(c: Candidate, max_pixels: int, known: dict[str, tuple[int, int]], h
     if c.sha256 in known:
         c.width, c.height = known[c.sha256]
         return c
-    check = check_image(io.BytesIO(data), max_pixels)
+    check = check_image(io.BytesIO(data), p.max_pixels)
     c.width, c.height, c.reason = check.width, check.height, check.reason
     return c
 
@@ -96,7 +106,7 @@ def _inspect_all(candidates: list[Candidate], p: IngestParams, known: dict[str, 
     """Hash and check every candidate in `p.workers` threads, with a progress bar."""
     with Progress(len(candidates), "ingest: checking images") as bar, ThreadPoolExecutor(p.workers) as pool:
         inspected = []
-        for c in pool.map(lambda c: _inspect(c, p.max_pixels, known, hashes), candidates):
+        for c in pool.map(lambda c: _inspect(c, p, known, hashes), candidates):
             inspected.append(c)
             bar.update(1)
     hashes.save(keep={str(c.path) for c in candidates})

@@ -102,6 +102,15 @@ def test_file_weights_load_a_torchvision_backbone(tmp_path):
     assert loaded.feature_dim == 512 and len(loaded.blocks) == 4
 
 
+def test_a_backbone_without_packaged_weights_never_downloads_by_default():
+    from tasks.model.backbone_catalog import weights_key
+
+    with pytest.raises(UserError, match=r"backbone.weights: 'resnet18' has no weights shipped in a package; set "
+                                        r"backbone.weights to file:<path> .* or hub"):
+        weights_key(BackboneParams(name="resnet18"))
+    assert weights_key(BackboneParams(name="resnet18", weights="hub")) == "hub:DEFAULT"  # asked for: allowed
+
+
 def test_packaged_lite2_weights_load_offline():
     """The second packaged backbone: names differ from timm's, tensors map 1:1 in order."""
     loaded = build_backbone(BackboneParams(name="tf_efficientnet_lite2"))

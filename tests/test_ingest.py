@@ -188,3 +188,30 @@ def test_every_decode_enforces_the_pixel_limit_and_pillows_own_guard_stays_on(tm
                                                             "(ingest.max_pixels)")
     assert load_uint8(big, 64, "pad").shape == (64, 64, 3)  # within the default limit
     assert PILImage.MAX_IMAGE_PIXELS is not None  # importing headstart no longer turns Pillow's bomb guard off
+
+
+def test_ingest_reads_only_regular_files_within_the_size_limit_and_no_link_out_of_the_source(tmp_path, clipart_raw):
+    import os
+
+    raw = _small_raw(clipart_raw, tmp_path / "src")
+    os.mkfifo(raw / "food" / "pipe.png")  # reading it would block forever
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(next(iter(sorted((clipart_raw / "people").rglob("*.png")))), outside)
+    (raw / "food" / "link.png").symlink_to(outside)
+    biggest = max((raw / "tools").rglob("*.png"), key=lambda f: f.stat().st_size)
+    paths = make_project(tmp_path / "proj", raw, [f"ingest.max_file_bytes={biggest.stat().st_size - 1}"])
+    run_ingest(project_params(paths), paths)
+    reasons = {Path(p).name: r for p, r in pd.read_csv(paths.rejected).set_index("path")["reason"].items()}
+    assert reasons["pipe.png"].startswith("not a regular file")
+    assert reasons["link.png"] == f"a link out of the source folder (to {outside}): not followed"
+    assert reasons[biggest.name].startswith(f"too big: {biggest.stat().st_size:,} bytes")
+
+    csv = tmp_path / "list.csv"  # a CSV may name anything: a device is rejected, not read
+    pd.DataFrame({"path": ["/dev/zero"] + [str(f) for f in sorted(raw.rglob("*.png"))
+                                           if f.name not in ("pipe.png", "link.png")],
+                  "label": ["food"] + [f.parent.name for f in sorted(raw.rglob("*.png"))
+                                       if f.name not in ("pipe.png", "link.png")]}).to_csv(csv, index=False)
+    paths = make_project(tmp_path / "proj2", None, [f"ingest.source={csv}"])
+    run_ingest(project_params(paths), paths)
+    rej = pd.read_csv(paths.rejected).set_index("path")["reason"]
+    assert rej["/dev/zero"].startswith("not a regular file")

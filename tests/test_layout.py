@@ -109,5 +109,5 @@ def test_telemetry_settings_agree_across_python_shell_and_dvc():
     assert "source scripts/env.sh" in (REPO / ".ci" / "run").read_text()
     dvc = configparser.ConfigParser()
     dvc.read(REPO / ".dvc" / "config")
-    assert dvc["core"]["analytics"] == "false"
+    assert dvc["core"]["analytics"] == "false" and dvc["core"]["check_update"] == "false"
     assert NO_TELEMETRY["DVC_NO_ANALYTICS"] == "1"

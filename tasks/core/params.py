@@ -34,6 +34,7 @@ class IngestParams(_Section):
     max_pixels: int = Field(40_000_000, gt=0, le=178_956_970,
                             description="reject images with more pixels than this (Pillow refuses beyond 179 MP)")
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    max_file_bytes: int = Field(256 * 2**20, gt=0, description="reject files larger than this before reading them")
     workers: int = Field(2, ge=1, description="threads decoding images to validate them")
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.core.files import atomic_path, file_stat, sha256_file
+from tasks.core.progress import log
 
 
 class HashCache:
@@ -23,7 +24,8 @@ class HashCache:
                 df = pd.read_parquet(path)
                 self._rows = {p: (int(s), int(m), h) for p, s, m, h in
                               zip(df["path"], df["size"], df["mtime_ns"], df["sha256"])}
-            except Exception:  # a damaged cache only costs re-hashing
+            except Exception as exc:  # a damaged cache only costs re-hashing: say so, go on
+                log(f"warning: {path} cannot be read ({str(exc).splitlines()[0][:80]}); every file is hashed again")
                 self._rows = {}
 
     def lookup(self, file: Path) -> str | None:

