@@ -20,6 +20,12 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 DEFAULT_MAX_PIXELS = 40_000_000  # ingest.max_pixels' default; a client decoding for the model uses the same limit
 
+# What turns a file into the model's pixels. Bump DECODER_VERSION whenever a change here changes any decoded pixel:
+# tests/test_decoder.py holds decoded reference images to their recorded sha256 per version, and fails when pixels
+# change under an unchanged version. Feature and pixel caches are keyed by `decoder_identity()`, so a real change
+# re-extracts, and a comment edit does not.
+DECODER_VERSION = 1
+
 WHITE = (255, 255, 255)
 
 
@@ -106,6 +112,13 @@ def resize_square(img: Image.Image, size: int, mode: str) -> Image.Image:
 
 class TooLarge(ValueError):
     """An image over the pixel limit (found from its header, before anything is decoded)."""
+
+
+def decoder_identity() -> str:
+    """This decoder's version and the Pillow release it decodes with (both change pixels)."""
+    import PIL
+
+    return f"decoder-{DECODER_VERSION}/pillow-{PIL.__version__}"
 
 
 def load_uint8(path: str | Path, size: int, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -20,15 +20,14 @@ from tasks.core.files import atomic_path
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import Progress
 from tasks.dataset.hash_cache import HashCache
+from tasks.dataset.images import decoder_identity
 from tasks.dataset.manifest_images import load_listed
 
 
 def cache_key(sha256s: list[str], size: int, mode: str) -> str:
     """Content key of a pixel array: which images, in which order, at which size and resize mode, decoded by which
-    version of tasks/dataset/images.py (a changed decoder must not train on pixels serving will not see)."""
-    from tasks.dataset import images
-
-    h = hashlib.sha256(f"{size}:{mode}:".encode() + hashlib.sha256(Path(images.__file__).read_bytes()).digest())
+    decoder (`decoder_identity`: a changed decoder must not train on pixels serving will not see)."""
+    h = hashlib.sha256(f"{size}:{mode}:{decoder_identity()}:".encode())
     for s in sha256s:
         h.update(s.encode())
     return h.hexdigest()[:24]

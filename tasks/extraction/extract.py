@@ -12,6 +12,7 @@ import numpy as np
 from tasks.core.params import Params
 from tasks.core.progress import Progress
 from tasks.dataset.hash_cache import HashCache
+from tasks.dataset.images import decoder_identity
 from tasks.dataset.manifest_images import load_listed
 from tasks.extraction.engines import OrtEngine, TorchEngine, resolve_engine
 from tasks.extraction.feature_store import FeatureStore
@@ -43,6 +44,19 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
+def provenance(engine) -> dict:
+    """What computes features with `engine`: the engine and its version, the decoder (and its Pillow), numpy, the
+    device. Recorded with every shard."""
+    import platform
+
+    if engine.name == "onnxruntime":
+        import onnxruntime as runtime
+    else:
+        import torch as runtime
+    return {"engine": engine.name, "engine_version": runtime.__version__, "decoder": decoder_identity(),
+            "numpy": np.__version__, "device": str(getattr(engine, "device", "cpu")), "python": platform.python_version()}
+
+
 def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, str]], engine,
                      hashes: HashCache) -> int:
     """Decode, run and append `todo` [(sha256, path)] to the store, a shard every `features.shard_size` rows. Each
@@ -53,6 +67,7 @@ def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, 
     def decode(batch):
         return np.stack([load_listed(Path(path), sha, size, mode, limit, hashes) for sha, path in batch])
 
+    made_by = provenance(engine)
     pending_keys: list[str] = []
     pending_feats: list[np.ndarray] = []
     n_pending = 0
@@ -74,9 +89,9 @@ def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, 
             pending_feats.append(feats)
             n_pending += len(batch)
             if n_pending >= p.shard_size:
-                store.append(pending_keys, np.concatenate(pending_feats))
+                store.append(pending_keys, np.concatenate(pending_feats), made_by)
                 pending_keys, pending_feats, n_pending = [], [], 0
             bar.update(len(batch))
         if pending_keys:
-            store.append(pending_keys, np.concatenate(pending_feats))
+            store.append(pending_keys, np.concatenate(pending_feats), made_by)
     return len(todo)

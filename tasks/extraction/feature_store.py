@@ -54,6 +54,16 @@ class FeatureStore:
                 out.append((int(m.group(1)), json.loads(keys_file.read_text())))
         return out
 
+    def provenance(self, sid: int) -> dict:
+        """What computed shard `sid` ({} for shards written before provenance was recorded)."""
+        f = self._shard_path(sid).with_suffix(".provenance.json")
+        return json.loads(f.read_text()) if f.exists() else {}
+
+    def provenances(self) -> list[dict]:
+        """The distinct provenances of the committed shards."""
+        found = {json.dumps(self.provenance(sid), sort_keys=True) for sid, _ in self._committed_shards()}
+        return [json.loads(p) for p in sorted(found)]
+
     def shards(self):
         """(keys, memory-mapped rows) of each committed shard, in id order."""
         for sid, keys in self._committed_shards():
@@ -118,18 +128,21 @@ class FeatureStore:
         return FileLock(str(lock_dir / f"{self.fingerprint}.lock"), timeout=0)
 
     def clean_orphans(self) -> int:
-        """Remove .npy files whose keys file never got written (call while holding the lock)."""
+        """Remove shard files whose keys file never got written (call while holding the lock)."""
         n = 0
-        for npy in self.dir.glob("shard-*.npy"):
-            if not npy.with_suffix(".keys.json").exists():
-                npy.unlink(missing_ok=True)
-                n += 1
+        for orphan in [*self.dir.glob("shard-*.npy"), *self.dir.glob("shard-*.provenance.json")]:
+            if not self.dir.joinpath(orphan.name.split(".")[0] + ".keys.json").exists():
+                orphan.unlink(missing_ok=True)
+                n += orphan.suffix == ".npy"
         for tmp in self.dir.glob(".shard-*"):
             tmp.unlink(missing_ok=True)
         return n
 
-    def append(self, keys: list[str], features: np.ndarray) -> int:
-        """Write one new shard atomically (features first, then keys = commit). Returns its id."""
+    def append(self, keys: list[str], features: np.ndarray, provenance: dict | None = None) -> int:
+        """Write one new shard atomically (features, then its provenance, then keys = commit). Returns its id.
+
+        `provenance` says what computed the rows (engine and its version, decoder, library versions): it is not part
+        of the fingerprint (engines agree within 1e-4), but every committed shard can say where it came from."""
         if len(keys) != len(features):
             raise ValueError("keys and features differ in length")
         ids = [int(m.group(1)) for p in self.dir.iterdir() if (m := _SHARD.match(p.name))]
@@ -137,6 +150,8 @@ class FeatureStore:
         npy = self._shard_path(sid)
         with atomic_path(npy, suffix=".npy") as tmp:
             np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
+        if provenance is not None:
+            atomic_write_text(npy.with_suffix(".provenance.json"), json.dumps(provenance, indent=1, sort_keys=True))
         atomic_write_text(npy.with_suffix(".keys.json"), json.dumps(list(keys)))
         for row, key in enumerate(keys):
             self._index.setdefault(key, (sid, row))

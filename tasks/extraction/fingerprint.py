@@ -6,13 +6,16 @@ import hashlib
 import json
 
 from tasks.core.params import BackboneParams
+from tasks.dataset.images import decoder_identity
 from tasks.model.backbone_catalog import resolve_spec, weights_key
 
 FEATURE_VERSION = 1  # bump when anything about how features are computed changes
 
 
 def feature_recipe(p: BackboneParams, seed: int = 0) -> dict:
-    """Everything that changes a feature vector (backbone, weights, preprocessing, layer, input size)."""
+    """Everything that changes a feature vector: backbone, weights, the decoder and its Pillow release, resize,
+    normalisation, layer, input size. Not the engine (torch and ONNX Runtime agree within 1e-4, tested) nor its
+    version: those are recorded per shard (`FeatureStore.append`), and shards from either share the cache."""
     spec = resolve_spec(p.name)
     return {
         "v": FEATURE_VERSION,
@@ -24,6 +27,7 @@ def feature_recipe(p: BackboneParams, seed: int = 0) -> dict:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "layer": p.layer,
+        "decoder": decoder_identity(),
     }
 
 

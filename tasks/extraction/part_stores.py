@@ -8,14 +8,17 @@ the next run merges them first.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.dataset.hash_cache import HashCache
+from tasks.dataset.images import decoder_identity
 from tasks.extraction.extract import extract_to_store, make_engine
 from tasks.extraction.feature_store import FeatureStore
 
@@ -46,6 +49,10 @@ def merge_parts(store: FeatureStore, shard_size: int) -> tuple[int, int]:
     `shard_size` rows per shard. The parts are deleted afterwards.
     """
     parts = part_dirs(store)
+    part_stores = [FeatureStore(part.parent, part.name) for part in parts]
+    # a merged shard may mix rows of several workers: it records every distinct provenance among them
+    made_by = {json.dumps(p, sort_keys=True) for part in part_stores for p in part.provenances()}
+    provenance = {"merged_from_workers": [json.loads(m) for m in sorted(made_by)]}
     rows = files = 0
     pending_keys: list[str] = []
     pending: list[np.ndarray] = []
@@ -56,12 +63,12 @@ def merge_parts(store: FeatureStore, shard_size: int) -> tuple[int, int]:
         while len(pending_keys) >= limit and pending_keys:
             feats = np.concatenate(pending) if len(pending) > 1 else np.asarray(pending[0])
             n = min(len(pending_keys), shard_size)
-            store.append(pending_keys[:n], feats[:n])
+            store.append(pending_keys[:n], feats[:n], provenance)
             rows, files = rows + n, files + 1
             pending_keys, pending = pending_keys[n:], ([feats[n:]] if n < len(feats) else [])
 
-    for part in parts:
-        for keys, feats in FeatureStore(part.parent, part.name).shards():
+    for part in part_stores:
+        for keys, feats in part.shards():
             keep = [i for i, k in enumerate(keys) if k not in store and k not in seen]
             if not keep:
                 continue
@@ -80,6 +87,11 @@ def extract_part(params: Params, store_dir: Path, index: int, todo: list[tuple[s
     store's cached backbone graph, checking each file against its sha256 (`hashes`: the project's hash cache); never
     touches the main store. Returns the engine's name."""
     store = FeatureStore(store_dir.parent, store_dir.name)  # read-only here: only its cached backbone.onnx is used
+    recipe = store_dir / "recipe.json"
+    wanted = json.loads(recipe.read_text()).get("decoder") if recipe.exists() else None
+    if wanted is not None and wanted != decoder_identity():  # other pixels must not land under this fingerprint
+        raise UserError(f"this worker decodes with {decoder_identity()}, but {store_dir.name} was made with {wanted}: "
+                        f"install the project's pinned versions on every worker")
     part_dir = store.dir / f"{PART_PREFIX}{index}"
     shutil.rmtree(part_dir, ignore_errors=True)  # a Dask retry of this chunk starts clean
     part = FeatureStore(store.dir, part_dir.name)
