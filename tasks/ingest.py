@@ -69,7 +69,6 @@ def _inspect(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], h
             c.reason = (f"too big: {st.st_size:,} bytes > limit {p.max_file_bytes:,} (ingest.max_file_bytes); "
                         f"not read")
             return c
-        stat = file_stat(c.path)
         data = c.path.read_bytes()
     except FileNotFoundError:
         c.reason = "file not found"
@@ -78,7 +77,7 @@ def _inspect(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], h
         c.reason = f"unreadable ({exc.strerror})"
         return c
     c.sha256 = hashlib.sha256(data).hexdigest()
-    hashes.remember(c.path, stat, c.sha256)
+    hashes.remember(c.path, (st.st_size, st.st_mtime_ns), c.sha256)
     if c.sha256 in known:
         c.width, c.height = known[c.sha256]
         return c

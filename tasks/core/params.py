@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.core.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+DEFAULT_MAX_PIXELS = 40_000_000  # ingest.max_pixels' default, and the limit a client decoding for the model uses
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # ingest's default; predict's
 
 
@@ -31,7 +32,7 @@ class IngestParams(_Section):
         r"^(?P<group>.+?)(?:[_-]\d{1,2})?$",
         description="regex on the file stem; files with the same match (per class) share a split. null = no grouping",
     )
-    max_pixels: int = Field(40_000_000, gt=0, le=178_956_970,
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, le=178_956_970,
                             description="reject images with more pixels than this (Pillow refuses beyond 179 MP)")
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     max_file_bytes: int = Field(256 * 2**20, gt=0, description="reject files larger than this before reading them")

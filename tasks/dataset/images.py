@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from tasks.core.params import DEFAULT_MAX_PIXELS
+
 # Our own pixel limit (ingest.max_pixels) is enforced from the header by every function here, before decoding;
 # Pillow's process-wide bomb guard stays as Pillow sets it, for any other code in the process.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-DEFAULT_MAX_PIXELS = 40_000_000  # ingest.max_pixels' default; a client decoding for the model uses the same limit
 
 # What turns a file into the model's pixels. Bump DECODER_VERSION whenever a change here changes any decoded pixel:
 # tests/test_decoder.py holds decoded reference images to their recorded sha256 per version, and fails when pixels

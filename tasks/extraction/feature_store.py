@@ -54,6 +54,11 @@ class FeatureStore:
                 out.append((int(m.group(1)), json.loads(keys_file.read_text())))
         return out
 
+    def recipe(self) -> dict:
+        """What this store's fingerprint hashes ({} for a store made without one, such as a worker's part store)."""
+        f = self.dir / "recipe.json"
+        return json.loads(f.read_text()) if f.exists() else {}
+
     def provenance(self, sid: int) -> dict:
         """What computed shard `sid` ({} for shards written before provenance was recorded)."""
         f = self._shard_path(sid).with_suffix(".provenance.json")

@@ -87,8 +87,7 @@ def extract_part(params: Params, store_dir: Path, index: int, todo: list[tuple[s
     store's cached backbone graph, checking each file against its sha256 (`hashes`: the project's hash cache); never
     touches the main store. Returns the engine's name."""
     store = FeatureStore(store_dir.parent, store_dir.name)  # read-only here: only its cached backbone.onnx is used
-    recipe = store_dir / "recipe.json"
-    wanted = json.loads(recipe.read_text()).get("decoder") if recipe.exists() else None
+    wanted = store.recipe().get("decoder")
     if wanted is not None and wanted != decoder_identity():  # other pixels must not land under this fingerprint
         raise UserError(f"this worker decodes with {decoder_identity()}, but {store_dir.name} was made with {wanted}: "
                         f"install the project's pinned versions on every worker")

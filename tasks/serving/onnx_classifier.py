@@ -15,6 +15,7 @@ import numpy as np
 
 from tasks.core.errors import UserError
 from tasks.core.hardware import ort_providers, resolve_threads
+from tasks.core.params import DEFAULT_MAX_PIXELS
 from tasks.dataset.images import load_checked
 
 
@@ -64,7 +65,7 @@ class OnnxClassifier:
         return np.concatenate([self.probs(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int = 1,
-                      max_pixels: int = 40_000_000) -> Iterator[Prediction]:
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Prediction]:
         """Predictions in input order; unreadable or oversized files yield a Prediction with `error`, never raise."""
 
         def decode(p) -> tuple[str, np.ndarray | None, str]:
