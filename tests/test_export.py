@@ -168,22 +168,65 @@ def test_predict_on_a_folder_reports_a_corrupt_file_on_its_row(exported, tmp_pat
     assert len(json.loads(as_json.read_text())) == 6
 
 
-def test_int8_variant_is_written_only_within_the_accuracy_tolerance(built_project, tmp_path):
+def _export_project(built_project, dest, overrides=()):
+    """A copy of the built project up to the head (manifest, features, head), ready for `run_export`."""
     import shutil
 
-    from tasks.evaluate import run_evaluate
-    from tasks.export import run_export
-    from tests.conftest import make_project, project_params
+    from tests.conftest import make_project
 
     paths, _, _ = built_project
-    proj = make_project(tmp_path / "int8", None, ["export.int8=true", "export.int8_calibration_images=32"])
+    proj = make_project(dest, None, list(overrides))
     for sub in ("data/prepared", "data/features"):
         shutil.copytree(paths.root / sub, proj.root / sub)
     shutil.copytree(paths.raw, proj.raw, copy_function=os.link)
     proj.models.mkdir(parents=True, exist_ok=True)
     for f in ("head.npz", "head.json"):
         shutil.copy(paths.models / f, proj.models / f)
+    return proj
 
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_a_graph_that_disagrees_with_torch_fails_the_parity_gate_and_changes_nothing(built_project, tmp_path,
+                                                                                     monkeypatch):
+    import tasks.export as export_stage
+    from tasks.export import ExportParityError, run_export
+    from tests.conftest import project_params
+
+    proj = _export_project(built_project, tmp_path / "parity", ["export.int8=true", "export.int8_max_accuracy_drop=1.0",
+                                                                "export.int8_calibration_images=16"])
+    run_export(project_params(proj), proj)  # a previous model set: model.onnx, labels, int8, export.json
+    before = _tree(proj.models)
+    assert {"model.onnx", "labels.txt", "int8/model.onnx", "metrics/export.json"} <= set(before)
+    n_classes = len(Head.load(proj.head).classes)
+    real_export = export_stage.export_onnx
+
+    def disagreeing_export(model, dest, *args, **kwargs):
+        """The real exporter, then the head's class rows reversed in the graph: an exporter bug torch cannot see."""
+        out = real_export(model, dest, *args, **kwargs)
+        proto = onnx.load(str(dest))
+        head = [t for t in proto.graph.initializer if len(t.dims) == 2 and n_classes in t.dims][-1]
+        weights = onnx.numpy_helper.to_array(head)
+        axis = list(head.dims).index(n_classes)
+        head.CopyFrom(onnx.numpy_helper.from_array(np.flip(weights, axis).copy(), head.name))
+        onnx.save(proto, str(dest))
+        return out
+
+    monkeypatch.setattr(export_stage, "export_onnx", disagreeing_export)
+    with pytest.raises(ExportParityError, match=r"export parity gate failed on 40 images: .*argmax agree: False; .*"
+                                                r"model.onnx was not replaced"):
+        run_export(project_params(proj), proj)
+    assert _tree(proj.models) == before  # the previous model set, bitwise; no staging file left behind
+
+
+def test_int8_variant_is_written_only_within_the_accuracy_tolerance(built_project, tmp_path):
+    from tasks.evaluate import run_evaluate
+    from tasks.export import run_export
+    from tests.conftest import project_params
+
+    proj = _export_project(built_project, tmp_path / "int8", ["export.int8=true", "export.int8_calibration_images=32"])
     run_export(project_params(proj, ["export.int8_max_accuracy_drop=1.0"]), proj)
     report = json.loads((proj.models / "int8" / "report.json").read_text())
     int8_model = proj.models / "int8" / "model.onnx"
@@ -192,9 +235,56 @@ def test_int8_variant_is_written_only_within_the_accuracy_tolerance(built_projec
     assert abs(report["accuracy_drop"] - (report["fp32_accuracy"] - report["int8_accuracy"])) < 1e-12
     metrics = run_evaluate(project_params(proj), proj)
     assert "int8_accuracy" in json.loads((proj.metrics / "metrics.json").read_text())
-
-    run_export(project_params(proj, ["export.int8_max_accuracy_drop=0.0"]), proj)
-    strict = json.loads((proj.models / "int8" / "report.json").read_text())
-    assert strict["accepted"] == (strict["accuracy_drop"] <= 0.0)
-    assert int8_model.exists() == strict["accepted"]
     assert metrics.n > 0
+
+
+def test_an_int8_model_that_loses_accuracy_is_rejected_and_not_written(built_project, tmp_path, monkeypatch):
+    """A real drop: calibrated on black images, the int8 activation ranges clip every real image."""
+    import tasks.export as export_stage
+    from tasks.export import run_export
+    from tests.conftest import project_params
+
+    proj = _export_project(built_project, tmp_path / "int8-drop", ["export.int8=true",
+                                                                   "export.int8_calibration_images=16"])
+    real_split_images = export_stage._split_images
+
+    def black_calibration(params, paths, split, limit):
+        images, labels = real_split_images(params, paths, split, limit)
+        return (np.zeros_like(images), labels) if split == "train" else (images, labels)
+
+    monkeypatch.setattr(export_stage, "_split_images", black_calibration)
+    run_export(project_params(proj, ["export.int8_max_accuracy_drop=0.0"]), proj)
+    report = json.loads((proj.models / "int8" / "report.json").read_text())
+    print(f"int8 calibrated on black images: accuracy {report['fp32_accuracy']:.3f} -> {report['int8_accuracy']:.3f}")
+    assert report["accuracy_drop"] > 0.05, report  # a real loss, not rounding
+    assert not report["accepted"] and "int8 model not written" in report["reason"]
+    assert sorted(f.name for f in (proj.models / "int8").iterdir()) == ["report.json"]
+    assert json.loads((proj.metrics / "export.json").read_text())["int8_accepted"] is False
+    assert (proj.models / "model.onnx").exists()  # the fp32 candidate still ships
+
+
+def test_when_the_torchscript_exporter_fails_the_fallback_says_why_and_still_exports(tmp_path, capfd):
+    from tasks.model.onnx_export import export_onnx
+
+    class TracingRefused(torch.nn.Module):
+        """Refuses the TorchScript tracer only, as a model with an op it cannot take would; its argument is not
+        named `images` (the dynamo exporter must not depend on the name)."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                raise RuntimeError("an op the TorchScript exporter cannot take")
+            logits = self.fc(x.float().mean(dim=(1, 2)))
+            return logits, logits.softmax(1)
+
+    model = TracingRefused().eval()
+    export_onnx(model, tmp_path / "m.onnx", 8, ["logits", "probs"], 17)
+    assert ("onnx export: the TorchScript exporter failed (RuntimeError: an op the TorchScript exporter cannot take); "
+            "trying the dynamo exporter") in capfd.readouterr().err
+    x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    probs = ort.InferenceSession(str(tmp_path / "m.onnx")).run(["probs"], {"images": x})[0]
+    with torch.inference_mode():
+        assert np.abs(probs - model(torch.from_numpy(x))[1].numpy()).max() < 1e-5  # dynamic batch: 3, traced at 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -172,6 +173,42 @@ def test_a_second_writer_gets_a_clear_error_not_a_corrupt_store(tmp_path, clipar
     finally:
         lock.release()
     assert run_features(params, paths).extracted > 0
+
+
+def test_a_second_process_on_the_same_store_is_refused_and_the_store_stays_intact(tmp_path, clipart_raw):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import venv_env
+
+    paths, params = _features_project(tmp_path, clipart_raw, ["features.shard_size=8", "features.batch_size=8",
+                                                              "features.engine=torch"])
+    store_dir = open_store(params, paths).dir
+    first = subprocess.Popen([sys.executable, "-m", "tasks.features"], cwd=paths.root, env=venv_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(store_dir.glob("shard-*.keys.json")) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)  # paused mid-write, holding the lock: the overlap does not depend on timing
+    try:
+        assert first.poll() is None and len(list(store_dir.glob("shard-*.keys.json"))) < 20  # really mid-way
+        second = subprocess.run([sys.executable, "-m", "tasks.features"], cwd=paths.root, env=venv_env(),
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert second.stderr.strip().splitlines()[-1].startswith(f"error: feature store {store_dir} is being written by "
+                                                             f"another run")
+    keys = pd.read_parquet(paths.manifest)["sha256"].unique().tolist()
+    shard_keys = [k for f in sorted(store_dir.glob("shard-*.keys.json")) for k in json.loads(f.read_text())]
+    assert sorted(shard_keys) == sorted(keys)  # every image once: nothing interleaved, nothing lost
+    assert not list(store_dir.glob(".shard-*"))
+    assert np.isfinite(open_store(params, paths).get(keys)).all()
+    again = run_features(params, paths)
+    assert again.extracted == 0 and again.cache_hits == len(keys)
 
 
 def test_a_named_intermediate_layer_gives_pooled_features_and_its_own_fingerprint():

@@ -215,3 +215,16 @@ def test_ingest_reads_only_regular_files_within_the_size_limit_and_no_link_out_o
     run_ingest(project_params(paths), paths)
     rej = pd.read_csv(paths.rejected).set_index("path")["reason"]
     assert rej["/dev/zero"].startswith("not a regular file")
+
+
+def test_a_damaged_hash_cache_is_reported_and_only_costs_re_hashing(tmp_path, clipart_raw, capfd):
+    paths = make_project(tmp_path / "proj", clipart_raw)
+    params = project_params(paths)
+    run_ingest(params, paths)
+    manifest = pd.read_parquet(paths.manifest)
+    paths.hashes.write_bytes(b"PAR1 not a parquet file")
+    capfd.readouterr()
+    run_ingest(params, paths)
+    assert f"warning: {paths.hashes} cannot be read" in capfd.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_parquet(paths.manifest), manifest)  # every file hashed again, same keys
+    assert len(pd.read_parquet(paths.hashes)) == len(manifest) + len(pd.read_csv(paths.rejected))

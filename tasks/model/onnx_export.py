@@ -34,6 +34,6 @@ def export_onnx(model: nn.Module, dest: Path, size: int, output_names: list[str]
             log(f"onnx export: the TorchScript exporter failed ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:160] if str(exc) else 'no message'}); trying the dynamo exporter")
             torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=output_names,
-                              dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),  # positional: any arg name
                               opset_version=opset, dynamo=True, verbose=False)
     return dest

@@ -7,6 +7,7 @@ checkpoint key: a hash of the settings, head and data. A checkpoint with another
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from pathlib import Path
@@ -40,6 +41,17 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a model state's names, dtypes, shapes and bytes, in name order: equal digests mean bitwise-equal
+    weights and buffers (the fine-tune summary records it, so two runs can be compared without keeping both)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -37,7 +37,7 @@ from tasks.model.finetune_record import clear_finetune_outputs, head_sha256, wri
 from tasks.model.head_format import Head
 from tasks.model.image_model import ImageModel
 from tasks.model.torch_head import HeadModule, random_like
-from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint
+from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint, state_sha256
 from tasks.training.curves import plot_curves
 from tasks.training.epoch import (
     autocast_for,
@@ -268,6 +268,8 @@ def write_outputs(run: Run, history: list[dict], stopped: str, seconds: float) -
                                       f"{best['val_accuracy']:.3f}", out / "curves.png")
     summary = {"strategy": p.strategy, "init": p.init, "kept": kept, "head_sha256": head_sha256(run.paths),
                "best_epoch": best["epoch"], "best": best,
+               # the weights training ended on (kept or not): a resumed run must reach the same bits
+               "final_state_sha256": state_sha256(run.model.state_dict()),
                "frozen_head_val_accuracy": history[0]["val_accuracy"], "reason": reason, "stopped": stopped,
                "epochs_run": len(history) - 1, "n_train": int(len(run.y_train)), "n_val": int(len(run.y_val)),
                "device": run.device.type, "amp": run.amp, "threads": torch.get_num_threads(), "seconds": seconds}
