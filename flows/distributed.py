@@ -55,8 +55,9 @@ from tasks.core.params import PARAMS_FILE, Params, load_params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.dataset.manifest import read_manifest
+from tasks.dataset.manifest_images import parity_images
+from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.engines import resolve_engine
-from tasks.extraction.extract import make_engine
 from tasks.extraction.feature_store import FeatureStore, acquire, open_store
 from tasks.extraction.part_stores import extract_part, merge_parts, split_chunks
 
@@ -152,12 +153,10 @@ def _dask_context(address: str | None):
             os.environ.pop(env_key, None)
 
 
-def _ensure_onnx_backbone(params: Params, store: FeatureStore) -> None:
-    """Export the backbone graph into the store once, here, unless every worker will run torch."""
-    if params.features.engine == "torch" or (store.dir / "backbone.onnx").exists():
-        return
-    ort_params = params.model_copy(update={"features": params.features.model_copy(update={"engine": "onnxruntime"})})
-    make_engine(ort_params, store)  # exports <store>/backbone.onnx; the session it opens is dropped
+def _ensure_onnx_backbone(params: Params, paths: ProjectPaths, store: FeatureStore) -> None:
+    """Make (and check against torch) the store's backbone graph once, here, unless every worker will run torch."""
+    if params.features.engine != "torch":
+        ensure_backbone_graph(params, store, lambda: parity_images(params, paths))
 
 
 @flow(name="headstart-features-distributed", log_prints=True)
@@ -182,7 +181,7 @@ def extract_features_distributed(root: str | None = None, shards: int = 2, addre
         chunks = split_chunks(todo, shards, params.features.batch_size)
         files = 0
         if chunks:
-            _ensure_onnx_backbone(params, store)
+            _ensure_onnx_backbone(params, paths, store)
             worker_params = params.model_copy(update={"features": params.features.model_copy(update={"threads": 1})})
             try:
                 with _dask_context(address), task_runner(len(chunks), address) as runner:

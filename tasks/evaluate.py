@@ -1,6 +1,11 @@
 """Stage `evaluate`: score the model on a held-out split (default test), by default the exported ONNX artifact.
 
-Writes DVC metrics `models/metrics/metrics.json` (accuracy; macro and weighted precision, recall, F1) and
+When the artifact is a frozen backbone's composed graph whose backbone provably computed the cached features, its
+own head sub-graph runs on those features, checked end to end from image files on a sample
+(`tasks.serving.cached_scoring`); otherwise every image file runs through the whole graph.
+
+Writes DVC metrics `models/metrics/metrics.json` (numbers only: accuracy; macro and weighted F1, precision, recall; n),
+`models/metrics/evaluation.json` (what was scored and how: split, artifact, end-to-end check, classes absent),
 `models/metrics/per_class.json`, and DVC plots `models/plots/confusion_matrix.csv` (actual,predicted rows) plus a
 rendered `models/plots/confusion_matrix.png` (DVC's HTML plots need a CDN; a PNG does not).
 """
@@ -26,9 +31,14 @@ from tasks.dataset.manifest_images import load_rows
 from tasks.extraction.feature_store import open_store
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
+from tasks.serving.cached_scoring import score_cached
 from tasks.serving.model_card import write_model_card
 from tasks.serving.onnx_classifier import OnnxClassifier
 from tasks.serving.scoring import compute_metrics
+
+# the order `dvc exp show` lists them in: what decides between experiments first
+HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "precision_weighted",
+            "recall_weighted")
 
 
 @dataclass
@@ -71,19 +81,26 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None
     plt.close(fig)
 
 
-def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str) -> tuple[np.ndarray, str]:
-    """Probabilities of `rows` from the chosen artifact, and a description of what was scored."""
+def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str) -> tuple[np.ndarray, str, dict]:
+    """Probabilities of `rows` from the chosen artifact, a description of what was scored and how it was checked."""
     if artifact == "head":
         store = open_store(params, paths)
         head.require_features(store.fingerprint, paths.head)
-        return head.probs(store.get(rows["sha256"].tolist())), f"{paths.head.name} on cached features"
+        return head.probs(store.get(rows["sha256"].tolist())), f"{paths.head.name} on cached features", {}
     onnx_path = paths.onnx if artifact == "onnx" else paths.models / "int8" / "model.onnx"
     clf = OnnxClassifier(onnx_path)
     if clf.classes != head.classes:
         raise UserError(f"{onnx_path} predicts {clf.classes}, {paths.head} has {head.classes}; re-run export")
     rel = onnx_path.relative_to(paths.root).as_posix()
+    if artifact == "onnx" and params.evaluate.cached_features:
+        cached = score_cached(params, paths, clf, rows)
+        if cached is not None:
+            probs, check = cached
+            return probs, (f"{rel}: its head sub-graph on cached features computed by its own backbone graph; the "
+                           f"whole graph from image files agrees on {check['images']} images (max |dp| "
+                           f"{check['max_abs_diff_probs']:.1e})"), check
     images = load_rows(rows, paths, clf.input_size, clf.resize, params.ingest.max_pixels)
-    return clf.probs_batched(images), f"{rel} via ONNX Runtime from image files"
+    return clf.probs_batched(images), f"{rel} via ONNX Runtime from image files", {}
 
 
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
@@ -106,28 +123,33 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     unknown = sorted(set(y) - set(head.classes))
     if unknown:
         raise UserError(f"label '{unknown[0]}' in the {split} split is not a class of {paths.head}; re-run head")
-    probs, scored = _score(params, paths, rows, head, artifact)
+    probs, scored, end_to_end = _score(params, paths, rows, head, artifact)
     pred = np.array(head.classes)[probs.argmax(1)]
     metrics, per_class = compute_metrics(y, pred, head.classes)
     if metrics["classes_absent"]:
         log(f"evaluate: warning: class(es) {', '.join(metrics['classes_absent'])} have no image in the {split} split: "
             f"averages cover the {len(per_class)} classes present; add {split} images of them to score them")
-    metrics |= {"n": int(len(y)), "split": split, "artifact": scored}
+    how = {"split": split, "artifact": scored, "classes_absent": metrics.pop("classes_absent")}
+    metrics = {k: metrics[k] for k in HEADLINE} | {"n": int(len(y))}
+    if end_to_end:
+        how["end_to_end_check"] = end_to_end
     int8_path = paths.models / "int8" / "model.onnx"
     if artifact == "onnx" and int8_path.exists():
-        p8, _ = _score(params, paths, rows, head, "int8")
+        p8, _, _ = _score(params, paths, rows, head, "int8")
         m8, _ = compute_metrics(y, np.array(head.classes)[p8.argmax(1)], head.classes)
         metrics |= {"int8_accuracy": m8["accuracy"], "int8_f1_macro": m8["f1_macro"]}
     cm = confusion_matrix(y, pred, labels=head.classes)
 
+    # metrics.json holds numbers only, quality first: what `dvc exp show` compares; how they were obtained is beside
     atomic_write_text(paths.metrics / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(paths.metrics / "evaluation.json", json.dumps(how, indent=2))
     atomic_write_text(paths.metrics / "per_class.json", json.dumps(per_class, indent=2))
     with atomic_path(paths.plots / "confusion_matrix.csv") as tmp:
         pd.DataFrame({"actual": y, "predicted": pred}).to_csv(tmp, index=False)
     png = paths.plots / "confusion_matrix.png"
     plot_confusion(cm, head.classes, f"{split}: accuracy {metrics['accuracy']:.3f}, macro F1 "
                                      f"{metrics['f1_macro']:.3f} (n={len(y)})", png)
-    write_model_card(params, paths, manifest, metrics, per_class)
+    write_model_card(params, paths, manifest, metrics | how, per_class)
     int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
     log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
         f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} images ({scored}){int8} in "

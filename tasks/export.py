@@ -1,4 +1,4 @@
-"""Stage `export`: backbone + head as one ONNX graph, gated by parity with torch on real held-out images.
+"""Stage `export`: backbone + head as one ONNX graph, gated by parity on real held-out images.
 
 The graph takes `images`: uint8 RGB, NHWC, (batch, S, S, 3) at the backbone's input size S (resize on the client:
 `tasks.images.load_uint8` is the reference), and returns `logits` and `probs` (batch, classes). NHWC uint8 is what
@@ -6,8 +6,13 @@ image decoders produce, a quarter of the bytes of float32 on the wire, and keeps
 so no client can get it wrong. The batch axis is dynamic. Class names, input contract and provenance are stored in
 the model's metadata_props; `models/labels.txt` lists classes one per line (Triton's label file format).
 
-The ONNX file is written to a staging path, checked (onnx.checker, then ONNX Runtime vs torch eager on up to
-`export.parity_images` val images at batch 1, 7, 32 and the rest: max |p_onnx - p_torch| <= export.parity_tolerance and
+How the graph is made depends on what ships:
+- **a frozen backbone** (no fine-tuning kept): the feature store's backbone graph, checked against torch when it was
+  made, composed with the head's layers using `onnx` alone (`tasks.model.head_graph`); no torch is imported. Its
+  gate compares it with that backbone graph followed by the head in numpy;
+- **a fine-tuned backbone**: exported from torch, gated against torch eager.
+Either way the file is written to a staging path, checked (onnx.checker, then the parity gate on up to
+`export.parity_images` held-out images at batch 1, 7, 32 and the rest: max |dp| <= export.parity_tolerance and
 identical argmax), and only then renamed into place. A failed gate leaves the previous model untouched.
 """
 
@@ -22,9 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-import torch
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text
@@ -32,30 +35,19 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
-from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.dataset.manifest_images import load_rows
-from tasks.extraction.engines import OrtEngine
+from tasks.dataset.manifest_images import parity_images, split_images
+from tasks.extraction.backbone_graph import ensure_backbone_graph
+from tasks.extraction.feature_store import open_store
 from tasks.extraction.fingerprint import feature_recipe
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
-from tasks.model.image_model import ImageModel
-from tasks.model.onnx_export import export_onnx
-from tasks.model.shipped_model import shipped_classifier
+from tasks.model.head_graph import compose_classifier
+from tasks.model.shipped_model import shipped_state
+from tasks.serving.parity import ParityReport, backbone_graph_then_head, compare, torch_probs
 
 
 class ExportParityError(UserError):
     """The exported graph does not reproduce the torch model within tolerance."""
-
-
-@dataclass
-class ParityReport:
-    """ONNX Runtime vs torch on real images."""
-
-    images: int
-    batch_sizes: list[int]
-    max_abs_diff_probs: float
-    argmax_agree: bool
-    tolerance: float
 
 
 @dataclass
@@ -105,42 +97,6 @@ def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str,
     }
 
 
-def parity_images(params: Params, paths: ProjectPaths) -> np.ndarray:
-    """Up to `export.parity_images` real held-out images (val, else test, else train) as uint8 NHWC."""
-    for split in ("val", "test", "train"):
-        images, _ = _split_images(params, paths, split, params.export.parity_images)
-        if len(images):
-            return images
-    return images
-
-
-def check_parity(model: ImageModel, onnx_path: Path, images: np.ndarray, tolerance: float) -> ParityReport:
-    """Run ONNX Runtime and torch eager on the same images at batch 1, 7 and the remainder; compare probabilities."""
-    engine = OrtEngine(onnx_path, threads=0)
-    sizes, worst, agree, i = [], 0.0, True, 0
-    for bs in (1, 7, 32, len(images)):
-        chunk = images[i : i + bs]
-        if not len(chunk):
-            break
-        i += len(chunk)
-        sizes.append(len(chunk))
-        ort_probs = engine.session.run(["probs"], {"images": chunk})[0]
-        with torch.inference_mode():
-            torch_probs = model(torch.from_numpy(chunk))[1].numpy()
-        worst = max(worst, float(np.abs(ort_probs - torch_probs).max()))
-        agree &= bool((ort_probs.argmax(1) == torch_probs.argmax(1)).all())
-    return ParityReport(i, sizes, worst, agree, tolerance)
-
-
-def _split_images(params: Params, paths: ProjectPaths, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `limit` images of one split (sorted by sha256, so the choice is stable) and their labels."""
-    rows = split_rows(read_manifest(paths), split).sort_values("sha256").head(limit)
-    size, mode = params.backbone.input_size, params.backbone.resize
-    if not len(rows):
-        return np.zeros((0, size, size, 3), np.uint8), np.array([], dtype=object)
-    return load_rows(rows, paths, size, mode, params.ingest.max_pixels), rows["label"].to_numpy()
-
-
 def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> dict:
     """Build models/int8/model.onnx if enabled and accurate enough; always write models/int8/report.json."""
     p = params.export
@@ -152,10 +108,10 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
     else:
         from tasks.serving.int8 import build_int8
 
-        calib, _ = _split_images(params, paths, "train", p.int8_calibration_images)
-        val_x, val_y = _split_images(params, paths, "val", 10_000)
+        calib, _ = split_images(params, paths, "train", p.int8_calibration_images)
+        val_x, val_y = split_images(params, paths, "val", 10_000)
         if not len(val_y):
-            val_x, val_y = _split_images(params, paths, "test", 10_000)
+            val_x, val_y = split_images(params, paths, "test", 10_000)
         r = build_int8(paths.onnx, out_dir / "model.onnx", calib, val_x, val_y, classes, p.int8_max_accuracy_drop)
         report = {"enabled": True} | asdict(r)
         log(f"export: int8 {'accepted' if r.accepted else 'REJECTED'}: accuracy {r.fp32_accuracy:.3f} -> "
@@ -165,29 +121,61 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
     return report
 
 
+def _frozen_graph(params: Params, paths: ProjectPaths, head: Head, images) -> tuple[onnx.ModelProto, dict, object]:
+    """The store's checked backbone graph + the head, composed with onnx; its metadata; its parity reference."""
+    store = open_store(params, paths)
+    head.require_features(store.fingerprint, paths.head)
+    record = ensure_backbone_graph(params, store, lambda: images)
+    backbone = store.graph
+    proto = compose_classifier(onnx.load(str(backbone)), head)
+    # what lets evaluate prove that this graph's backbone computed the cached features (tasks.serving.cached_scoring)
+    meta = {"headstart.backbone_graph": json.dumps({
+        "sha256": record["sha256"], "fingerprint": store.fingerprint,
+        "vs_torch": {k: record[k] for k in ("images", "max_abs_diff", "tolerance", "torch", "onnxruntime")}})}
+    reference = backbone_graph_then_head(backbone, head, params.features.threads)
+    return proto, meta, (reference, "the store's backbone graph + the head in numpy")
+
+
+def _torch_graph(params: Params, paths: ProjectPaths, head: Head, state: dict, staging: Path):
+    """The fine-tuned model exported from torch; its parity reference is torch eager."""
+    from tasks.model.onnx_export import export_onnx
+    from tasks.model.shipped_model import build_classifier
+
+    model = build_classifier(params, head, state)
+    export_onnx(model, staging, params.backbone.input_size, ["logits", "probs"], params.export.opset)
+    return onnx.load(str(staging)), {}, (torch_probs(model), "torch eager")
+
+
+def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: Path) -> ParityReport:
+    """Build the graph for what ships into `staging`, with metadata, checked by onnx and by its parity gate."""
+    images = parity_images(params, paths)
+    state = shipped_state(paths)
+    if state is None:
+        proto, meta, (reference, what) = _frozen_graph(params, paths, head, images)
+    else:
+        proto, meta, (reference, what) = _torch_graph(params, paths, head, state, staging)
+    for key, value in (model_metadata(params, head, paths) | meta).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "headstart"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(staging))
+    return compare(staging, reference, images, params.export.parity_tolerance, what)
+
+
 def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSummary:
     """Export backbone + head to `models/model.onnx` (+ labels.txt, optional int8 variant): the candidate, only if
     the parity gate passes; otherwise the previous model stays in place."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
     head = Head.load(paths.head)
-    model = shipped_classifier(params, paths)
     staging = paths.onnx.with_name(f".{paths.onnx.name}.staging.onnx")
     try:
-        export_onnx(model, staging, params.backbone.input_size, ["logits", "probs"], params.export.opset)
-        proto = onnx.load(str(staging))
-        for key, value in model_metadata(params, head, paths).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.producer_name = "headstart"
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(staging))
-        report = check_parity(model, staging, parity_images(params, paths), params.export.parity_tolerance)
-        if report.max_abs_diff_probs > report.tolerance or not report.argmax_agree:
+        report = _write_candidate(params, paths, head, staging)
+        if not report.passed:
             raise ExportParityError(
-                f"export parity gate failed on {report.images} images: max |p_onnx - p_torch| = "
-                f"{report.max_abs_diff_probs:.2e} (tolerance {report.tolerance:.0e}), argmax agree: "
-                f"{report.argmax_agree}; {paths.onnx} was not replaced")
+                f"export parity gate failed on {report.images} images: max |p_onnx - p_reference| = "
+                f"{report.max_abs_diff_probs:.2e} (tolerance {report.tolerance:.0e}, reference: {report.reference}), "
+                f"argmax agree: {report.argmax_agree}; {paths.onnx} was not replaced")
         os.replace(staging, paths.onnx)
     finally:
         staging.unlink(missing_ok=True)
@@ -200,7 +188,7 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
                                 "opset": params.export.opset, "int8_accepted": bool(int8.get("accepted", False))}
     atomic_write_text(paths.metrics / "export.json", json.dumps(record, indent=2))
     log(f"export: {paths.onnx.relative_to(paths.root)} ({size_mb:.1f} MB, {len(head.classes)} classes, input "
-        f"uint8 NHWC {params.backbone.input_size}px), a candidate; parity on "
+        f"uint8 NHWC {params.backbone.input_size}px), a candidate; parity with {report.reference} on "
         f"{report.images} images at batch {report.batch_sizes}: max |dp| {report.max_abs_diff_probs:.1e}, "
         f"argmax agree {report.argmax_agree}; {summary.seconds:.1f}s")
     return summary

@@ -18,6 +18,8 @@ from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, read_rejected
+from tasks.dataset.manifest_images import parity_images
+from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.engines import resolve_engine
 from tasks.extraction.extract import extract_to_store, make_engine
 from tasks.extraction.feature_store import acquire, open_store
@@ -53,10 +55,14 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
         store.clean_orphans()
         todo = store.missing_images(manifest, paths.root)
         engine_name = resolve_engine(params.features.engine)
+        sample = lambda: parity_images(params, paths)  # noqa: E731
         if todo:
-            engine = make_engine(params, store)
+            engine = make_engine(params, store, sample)
             engine_name = engine.name
             extract_to_store(params, store, todo, engine, HashCache(paths.hashes))
+        # whatever the engine, the store holds the checked backbone graph that export composes with the head, so
+        # no later stage writes into this stage's output
+        ensure_backbone_graph(params, store, sample)
     finally:
         lock.release()
     seconds = time.perf_counter() - t0

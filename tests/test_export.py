@@ -90,7 +90,10 @@ def test_metadata_round_trip(exported):
     card = (paths.models / "MODEL_CARD.md").read_text()
     metrics = json.loads((paths.metrics / "metrics.json").read_text())
     assert f"accuracy {metrics['accuracy']:.3f}" in card and "## Intended use and limits" in card
-    assert metrics["artifact"].startswith("models/model.onnx via ONNX Runtime")
+    assert all(isinstance(v, (int, float)) for v in metrics.values())  # numbers only: what dvc exp show compares
+    assert list(metrics)[:3] == ["accuracy", "f1_macro", "f1_weighted"]
+    how = json.loads((paths.metrics / "evaluation.json").read_text())
+    assert how["artifact"].startswith("models/model.onnx") and how["split"] == "test"
 
 
 def _triton_schema():
@@ -189,32 +192,39 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
 
 
-def test_a_graph_that_disagrees_with_torch_fails_the_parity_gate_and_changes_nothing(built_project, tmp_path,
-                                                                                     monkeypatch):
+@pytest.mark.parametrize("route", ["composed", "torch"])
+def test_a_graph_that_disagrees_with_its_reference_fails_the_parity_gate_and_changes_nothing(built_project, tmp_path,
+                                                                                             monkeypatch, route):
+    """Both routes: the composed graph (frozen backbone, no torch) and the torch export (a fine-tuned backbone,
+    forced here by shipping the frozen model's own state as if fine-tuned)."""
     import tasks.export as export_stage
     from tasks.export import ExportParityError, run_export
     from tests.conftest import project_params
 
     proj = _export_project(built_project, tmp_path / "parity", ["export.int8=true", "export.int8_max_accuracy_drop=1.0",
                                                                 "export.int8_calibration_images=16"])
-    run_export(project_params(proj), proj)  # a previous model set: model.onnx, labels, int8, export.json
+    head = Head.load(proj.head)
+    if route == "torch":
+        state = build_classifier(project_params(proj), head).state_dict()
+        monkeypatch.setattr(export_stage, "shipped_state", lambda paths: state)
+    first = run_export(project_params(proj), proj)  # a previous model set: model.onnx, labels, int8, export.json
+    assert first.parity.reference == {"composed": "the store's backbone graph + the head in numpy",
+                                      "torch": "torch eager"}[route]
     before = _tree(proj.models)
     assert {"model.onnx", "labels.txt", "int8/model.onnx", "metrics/export.json"} <= set(before)
-    n_classes = len(Head.load(proj.head).classes)
-    real_export = export_stage.export_onnx
+    real_compare = export_stage.compare
 
-    def disagreeing_export(model, dest, *args, **kwargs):
-        """The real exporter, then the head's class rows reversed in the graph: an exporter bug torch cannot see."""
-        out = real_export(model, dest, *args, **kwargs)
-        proto = onnx.load(str(dest))
-        head = [t for t in proto.graph.initializer if len(t.dims) == 2 and n_classes in t.dims][-1]
-        weights = onnx.numpy_helper.to_array(head)
-        axis = list(head.dims).index(n_classes)
-        head.CopyFrom(onnx.numpy_helper.from_array(np.flip(weights, axis).copy(), head.name))
-        onnx.save(proto, str(dest))
-        return out
+    def compare_a_disagreeing_graph(candidate, *args, **kwargs):
+        """The head's class rows reversed in the built graph, just before its gate: a bug the builder cannot see."""
+        proto = onnx.load(str(candidate))
+        layer = [t for t in proto.graph.initializer if len(t.dims) == 2 and len(head.classes) in t.dims][-1]
+        weights = onnx.numpy_helper.to_array(layer)
+        flipped = np.flip(weights, list(layer.dims).index(len(head.classes))).copy()
+        layer.CopyFrom(onnx.numpy_helper.from_array(flipped, layer.name))
+        onnx.save(proto, str(candidate))
+        return real_compare(candidate, *args, **kwargs)
 
-    monkeypatch.setattr(export_stage, "export_onnx", disagreeing_export)
+    monkeypatch.setattr(export_stage, "compare", compare_a_disagreeing_graph)
     with pytest.raises(ExportParityError, match=r"export parity gate failed on 40 images: .*argmax agree: False; .*"
                                                 r"model.onnx was not replaced"):
         run_export(project_params(proj), proj)
@@ -246,13 +256,13 @@ def test_an_int8_model_that_loses_accuracy_is_rejected_and_not_written(built_pro
 
     proj = _export_project(built_project, tmp_path / "int8-drop", ["export.int8=true",
                                                                    "export.int8_calibration_images=16"])
-    real_split_images = export_stage._split_images
+    real_split_images = export_stage.split_images
 
     def black_calibration(params, paths, split, limit):
         images, labels = real_split_images(params, paths, split, limit)
         return (np.zeros_like(images), labels) if split == "train" else (images, labels)
 
-    monkeypatch.setattr(export_stage, "_split_images", black_calibration)
+    monkeypatch.setattr(export_stage, "split_images", black_calibration)
     run_export(project_params(proj, ["export.int8_max_accuracy_drop=0.0"]), proj)
     report = json.loads((proj.models / "int8" / "report.json").read_text())
     print(f"int8 calibrated on black images: accuracy {report['fp32_accuracy']:.3f} -> {report['int8_accuracy']:.3f}")

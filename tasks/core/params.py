@@ -148,11 +148,16 @@ class EvaluateParams(_Section):
     artifact: Literal["onnx", "head"] = Field(
         "onnx", description="onnx: score the exported model through ONNX Runtime from the image files, as a server "
                             "would; head: score the head on cached features (faster, no decoding)")
+    cached_features: bool = Field(
+        True, description="onnx: when the model's own backbone graph provably computed the cached features, run its "
+                          "head sub-graph on them, checked end to end on export.parity_images image files; false: "
+                          "every image file through the whole graph")
 
 
 class ExportParams(_Section):
     opset: int = Field(18, ge=13)
-    parity_images: int = Field(40, ge=1, description="held-out images for the ONNX-vs-torch gate (batches 1, 7, 32)")
+    parity_images: int = Field(40, ge=1, description="held-out images for every parity gate (batches 1, 7, 32) and "
+                                                     "for evaluate's end-to-end check")
     parity_tolerance: float = Field(1e-4, gt=0.0)
     triton_name: str = Field("headstart", pattern=r"^[A-Za-z0-9_.-]+$")
     triton_max_batch_size: int = Field(32, ge=1)

@@ -15,9 +15,11 @@ import pandas as pd
 from PIL import Image
 
 from tasks.core.errors import UserError
+from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.images import load_uint8
+from tasks.dataset.manifest import read_manifest, split_rows
 
 
 def load_listed(file: Path, sha256: str, size: int, mode: str, max_pixels: int, hashes: HashCache) -> np.ndarray:
@@ -40,3 +42,22 @@ def load_rows(rows: pd.DataFrame, paths: ProjectPaths, size: int, mode: str, max
     for i, (rel, sha) in enumerate(zip(rows["path"], rows["sha256"])):
         out[i] = load_listed(paths.root / rel, sha, size, mode, max_pixels, hashes)
     return out
+
+
+def split_images(params: Params, paths: ProjectPaths, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` images of one split (sorted by sha256, so the choice is stable) and their labels."""
+    rows = split_rows(read_manifest(paths), split).sort_values("sha256").head(limit)
+    size, mode = params.backbone.input_size, params.backbone.resize
+    if not len(rows):
+        return np.zeros((0, size, size, 3), np.uint8), np.array([], dtype=object)
+    return load_rows(rows, paths, size, mode, params.ingest.max_pixels), rows["label"].to_numpy()
+
+
+def parity_images(params: Params, paths: ProjectPaths) -> np.ndarray:
+    """Up to `export.parity_images` real held-out images (val, else test, else train) as uint8 NHWC: the images
+    every parity gate (backbone graph, exported model) and evaluate's end-to-end check run on."""
+    for split in ("val", "test", "train"):
+        images, _ = split_images(params, paths, split, params.export.parity_images)
+        if len(images):
+            return images
+    return images

@@ -4,6 +4,7 @@ engine, append rows to a feature store a shard at a time."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,29 +15,19 @@ from tasks.core.progress import Progress
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.images import decoder_identity
 from tasks.dataset.manifest_images import load_listed
+from tasks.extraction.backbone_graph import backbone_model, ensure_backbone_graph
 from tasks.extraction.engines import OrtEngine, TorchEngine, resolve_engine
 from tasks.extraction.feature_store import FeatureStore
-from tasks.model.onnx_export import export_onnx
 
 
-def _torch_model(params: Params):
-    from tasks.model.backbones import build_backbone
-    from tasks.model.image_model import ImageModel
-
-    loaded = build_backbone(params.backbone, params.seed)
-    return ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std)
-
-
-def make_engine(params: Params, store: FeatureStore):
-    """Build the configured engine. The ONNX backbone is exported once per fingerprint and cached in the store;
-    with it cached, the ONNX Runtime engine needs no torch at all."""
+def make_engine(params: Params, store: FeatureStore, sample: Callable[[], np.ndarray] | None = None):
+    """Build the configured engine. ONNX Runtime runs the store's backbone graph, made and checked against torch on
+    `sample()` the first time (`tasks.extraction.backbone_graph`); with it in place, no torch is imported at all."""
     name = resolve_engine(params.features.engine)
     if name == "torch":
-        return TorchEngine(_torch_model(params), params.features.threads)
-    onnx_path = store.dir / "backbone.onnx"
-    if not onnx_path.exists():
-        export_onnx(_torch_model(params), onnx_path, params.backbone.input_size, ["features"], params.export.opset)
-    return OrtEngine(onnx_path, params.features.threads, spin=params.features.decode_workers == 0)
+        return TorchEngine(backbone_model(params), params.features.threads)
+    ensure_backbone_graph(params, store, sample)
+    return OrtEngine(store.graph, params.features.threads, spin=params.features.decode_workers == 0)
 
 
 def _batches(items: list, size: int):
@@ -53,8 +44,12 @@ def provenance(engine) -> dict:
         import onnxruntime as runtime
     else:
         import torch as runtime
-    return {"engine": engine.name, "engine_version": runtime.__version__, "decoder": decoder_identity(),
-            "numpy": np.__version__, "device": str(getattr(engine, "device", "cpu")), "python": platform.python_version()}
+    made_by = {"engine": engine.name, "engine_version": runtime.__version__, "decoder": decoder_identity(),
+               "numpy": np.__version__, "device": str(getattr(engine, "device", "cpu")),
+               "python": platform.python_version()}
+    if getattr(engine, "graph_sha256", None):  # the exact graph: evaluate can prove a shipped model computed these
+        made_by["graph_sha256"] = engine.graph_sha256
+    return made_by
 
 
 def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, str]], engine,

@@ -4,6 +4,9 @@ Layout of `data/features/<fingerprint>/`:
     recipe.json              what the fingerprint hashes (backbone, weights, preprocessing, ...)
     shard-000000.npy           float32 (rows, dim), written to a temp name and renamed
     shard-000000.keys.json     the rows' sha256 keys; written after its .npy: a shard exists once this file does
+    shard-000000.provenance.json  what computed the rows (engine and version, decoder, graph sha256, ...)
+    backbone.onnx              the backbone graph (uint8 NHWC -> features), checked against torch when made
+    backbone.parity.json       that check, and the sha256 of the graph it checked (tasks.extraction.backbone_graph)
 A crash loses at most the shard being written (an .npy without keys is an orphan, removed on the next open).
 Writers hold a file lock under `data/.locks/`, outside the DVC-tracked directory.
 """
@@ -19,7 +22,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from tasks.core.errors import UserError
-from tasks.core.files import atomic_path, atomic_write_text
+from tasks.core.files import atomic_path, atomic_write_text, sha256_file
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.manifest import read_manifest, split_rows
@@ -54,6 +57,23 @@ class FeatureStore:
                 out.append((int(m.group(1)), json.loads(keys_file.read_text())))
         return out
 
+    @property
+    def graph(self) -> Path:
+        """The store's backbone graph (made and checked by `tasks.extraction.backbone_graph`)."""
+        return self.dir / "backbone.onnx"
+
+    @property
+    def graph_record_path(self) -> Path:
+        return self.dir / "backbone.parity.json"
+
+    def graph_record(self) -> dict | None:
+        """The parity record of the backbone graph; None when there is no graph or record, or when the graph's
+        bytes are no longer the ones that were checked."""
+        if not self.graph.exists() or not self.graph_record_path.exists():
+            return None
+        record = json.loads(self.graph_record_path.read_text())
+        return record if record.get("sha256") == sha256_file(self.graph) else None
+
     def recipe(self) -> dict:
         """What this store's fingerprint hashes ({} for a store made without one, such as a worker's part store)."""
         f = self.dir / "recipe.json"
@@ -67,6 +87,16 @@ class FeatureStore:
     def provenances(self) -> list[dict]:
         """The distinct provenances of the committed shards."""
         found = {json.dumps(self.provenance(sid), sort_keys=True) for sid, _ in self._committed_shards()}
+        return [json.loads(p) for p in sorted(found)]
+
+    def provenance_for(self, keys: list[str]) -> list[dict]:
+        """The distinct provenances of the shards holding `keys` (a merged Dask shard contributes each of its
+        workers'; a shard written before provenance was recorded contributes {})."""
+        found: set[str] = set()
+        for sid in {self._index[k][0] for k in keys if k in self._index}:
+            made_by = self.provenance(sid)
+            for p in made_by.get("merged_from_workers", [made_by]):
+                found.add(json.dumps(p, sort_keys=True))
         return [json.loads(p) for p in sorted(found)]
 
     def shards(self):

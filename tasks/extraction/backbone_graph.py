@@ -1,0 +1,97 @@
+"""The feature store's backbone graph: uint8 NHWC images -> features, exported from torch once per fingerprint and
+gated by parity with torch on real held-out images before anything uses it.
+
+`<store>/backbone.onnx` is what the ONNX Runtime engine extracts with, what Dask workers load, and, for a frozen
+backbone, the first part of the exported classifier (export composes it with the head using `onnx` alone). It is
+renamed into place only after passing its gate; `<store>/backbone.parity.json` records the check together with the
+graph's sha256, so a reader can tell that the graph it holds is the one that was checked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.errors import UserError
+from tasks.core.files import atomic_write_text, sha256_file
+from tasks.core.params import Params
+from tasks.core.progress import log
+from tasks.extraction.feature_store import FeatureStore
+from tasks.model.onnx_export import export_onnx
+
+
+def backbone_model(params: Params):
+    """The params' backbone as a torch ImageModel without a head (uint8 NHWC -> features)."""
+    from tasks.model.backbones import build_backbone
+    from tasks.model.image_model import ImageModel
+
+    loaded = build_backbone(params.backbone, params.seed)
+    return ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std)
+
+
+def _compare(model, graph: Path, images: np.ndarray, threads: int) -> tuple[float, float, list[int]]:
+    """max |f_onnx - f_torch| and max |f_torch| over `images`, run at batch 1, 7 and the rest (a graph whose batch
+    axis was specialised fails at one of them)."""
+    import torch
+
+    from tasks.extraction.engines import OrtEngine
+
+    engine = OrtEngine(graph, threads)
+    worst, scale, sizes, i = 0.0, 0.0, [], 0
+    for bs in (1, 7, len(images)):
+        chunk = images[i : i + bs]
+        if not len(chunk):
+            break
+        i += len(chunk)
+        sizes.append(len(chunk))
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(chunk)).numpy()
+        worst = max(worst, float(np.abs(engine.run(chunk) - expected).max()))
+        scale = max(scale, float(np.abs(expected).max()))
+    return worst, scale, sizes
+
+
+def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[[], np.ndarray] | None) -> dict:
+    """The store's backbone graph, checked: returns its parity record. The first time (no graph, or a graph without
+    a record matching its bytes) the graph is exported from torch (unless present) and compared with torch on
+    `sample()` real images; it must agree within `export.parity_tolerance` relative to the largest feature, or a
+    one-line UserError says by how much and nothing is kept."""
+    record = store.graph_record()
+    if record is not None:
+        return record
+    if sample is None:
+        raise UserError(f"{store.graph} has not been checked against torch yet; run the features stage on "
+                        f"this machine first (it makes and checks the graph)")
+    import onnxruntime
+    import torch
+
+    graph = store.graph
+    checking = graph if graph.exists() else graph.with_name(f".{graph.name}.staging.onnx")
+    model = backbone_model(params).eval()
+    try:
+        if checking != graph:
+            export_onnx(model, checking, params.backbone.input_size, ["features"], params.export.opset)
+        images = sample()
+        worst, scale, sizes = _compare(model, checking, images, params.features.threads)
+        tolerance = params.export.parity_tolerance * max(1.0, scale)
+        if not worst <= tolerance:
+            raise UserError(f"{graph}: the backbone graph disagrees with torch on {len(images)} held-out images "
+                            f"(max |f_onnx - f_torch| = {worst:.2e} > {tolerance:.1e} = export.parity_tolerance x "
+                            f"max |f|); set features.engine: torch, or report this backbone")
+        if checking != graph:
+            checking.replace(graph)
+    finally:
+        if checking != graph:
+            checking.unlink(missing_ok=True)
+    record = {"sha256": sha256_file(graph), "images": int(len(images)), "batch_sizes": sizes,
+              "max_abs_diff": worst, "max_abs_feature": scale, "tolerance": tolerance,
+              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "opset": params.export.opset,
+              "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(store.graph_record_path, json.dumps(record, indent=2))
+    log(f"features: backbone graph checked against torch on {len(images)} held-out images at batch {sizes}: "
+        f"max |df| {worst:.1e} (features up to {scale:.1f}) -> {graph.name}")
+    return record

@@ -1,0 +1,92 @@
+"""Scoring the shipped classifier on cached features, where that is provably the same computation.
+
+A classifier export composed for a frozen backbone (`tasks.model.head_graph`) is the feature store's backbone graph
+followed by the head, and its metadata names that graph's sha256 and the store's fingerprint. When
+- the store of that fingerprint still holds a graph with that sha256, and
+- every shard holding the rows to score was computed by ONNX Runtime of the running version, with that very graph
+  and the running decoder (each shard's provenance says so),
+then the whole graph on the image files computes the backbone graph on the same pixels (the decoder is the same,
+and so are the graph and the runtime), and so the same features as the cached rows: running the classifier's own
+head sub-graph on those rows is the same computation, minus decoding and the backbone. An end-to-end check of the
+whole graph from image files on a sample (`export.parity_images` rows) confirms it on every run, so decoder skew or
+a stale row still shows; if the check disagrees, evaluate scores from image files instead and says why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.core.params import Params
+from tasks.core.paths import ProjectPaths
+from tasks.core.progress import log
+from tasks.dataset.images import decoder_identity
+from tasks.dataset.manifest_images import load_rows
+from tasks.extraction.feature_store import FeatureStore
+from tasks.serving.onnx_classifier import OnnxClassifier
+
+
+def why_not_cached(clf: OnnxClassifier, paths: ProjectPaths, keys: list[str]) -> tuple[FeatureStore | None, str]:
+    """(the store to score from, "") when cached features provably give the classifier's answers for `keys`, else
+    (None, the reason they do not)."""
+    import onnxruntime
+
+    made = clf.metadata.get("headstart.backbone_graph")
+    if not made:
+        return None, "the model was not composed from a cached backbone graph (a fine-tuned backbone)"
+    made = json.loads(made)
+    store_dir = paths.features / made["fingerprint"]
+    if not store_dir.is_dir():
+        return None, f"its feature store {made['fingerprint']} is gone"
+    store = FeatureStore(paths.features, made["fingerprint"])
+    record = store.graph_record()
+    if record is None or record["sha256"] != made["sha256"]:
+        return None, f"the store's backbone graph is not the one in the model (sha256 {made['sha256'][:12]})"
+    if store.missing(keys):
+        return None, f"{len(store.missing(keys))} image(s) have no cached features"
+    wanted = {"engine": "onnxruntime", "engine_version": onnxruntime.__version__, "graph_sha256": made["sha256"],
+              "decoder": decoder_identity()}
+    for p in store.provenance_for(keys):
+        differs = [k for k, v in wanted.items() if p.get(k) != v]
+        if differs:
+            return None, f"some cached rows were computed with another {differs[0]} ({p.get(differs[0])})"
+    return store, ""
+
+
+def _head_session(clf: OnnxClassifier):
+    import onnx
+    import onnxruntime
+
+    from tasks.model.head_graph import head_subgraph
+
+    sub = head_subgraph(onnx.load(str(clf.path)))
+    return onnxruntime.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def score_cached(params: Params, paths: ProjectPaths, clf: OnnxClassifier,
+                 rows: pd.DataFrame) -> tuple[np.ndarray, dict] | None:
+    """The classifier's probabilities for `rows` from its head sub-graph on cached features, and what was checked;
+    None (after logging why) when that is not provably the computation the whole graph would do."""
+    keys = rows["sha256"].tolist()
+    store, why = why_not_cached(clf, paths, keys)
+    if store is None:
+        log(f"evaluate: scoring {Path(clf.path).name} from image files: {why}")
+        return None
+    session = _head_session(clf)
+    probs = session.run(["probs"], {"features": store.get(keys)})[0]
+    sample = rows.reset_index(drop=True).sort_values("sha256").head(params.export.parity_images)
+    images = load_rows(sample, paths, clf.input_size, clf.resize, params.ingest.max_pixels)
+    whole = clf.probs_batched(images)
+    diff = float(np.abs(whole - probs[sample.index.to_numpy()]).max())
+    agree = bool((whole.argmax(1) == probs[sample.index.to_numpy()].argmax(1)).all())
+    check = {"images": int(len(sample)), "max_abs_diff_probs": diff, "argmax_agree": agree,
+             "tolerance": params.export.parity_tolerance}
+    if diff > params.export.parity_tolerance or not agree:
+        log(f"evaluate: warning: the whole graph from image files disagrees with its head on cached features "
+            f"(max |dp| {diff:.1e} on {len(sample)} images, argmax agree {agree}): the cache does not describe these "
+            f"files; scoring from image files")
+        return None
+    return probs, check

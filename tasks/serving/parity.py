@@ -1,0 +1,73 @@
+"""Parity gates: a candidate ONNX classifier against a reference computation on the same real images.
+
+The reference is torch eager for a graph torch exported (a fine-tuned backbone), and the store's checked backbone
+graph followed by the head in numpy (float64) for a graph composed with `onnx` (a frozen backbone): that backbone
+graph itself was compared with torch when it was made (`tasks.extraction.backbone_graph`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.model.head_format import Head
+
+
+@dataclass
+class ParityReport:
+    """The candidate against its reference on real images."""
+
+    images: int
+    batch_sizes: list[int]
+    max_abs_diff_probs: float
+    argmax_agree: bool
+    tolerance: float
+    reference: str
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff_probs <= self.tolerance and self.argmax_agree
+
+
+Probs = Callable[[np.ndarray], np.ndarray]
+
+
+def compare(candidate: Path, reference: Probs, images: np.ndarray, tolerance: float, what: str) -> ParityReport:
+    """Run the candidate graph (ONNX Runtime) and `reference` on `images` at batch 1, 7, 32 and the rest (a graph
+    whose batch axis was specialised fails at one of them); compare probabilities and argmax."""
+    from tasks.extraction.engines import OrtEngine
+
+    session = OrtEngine(candidate, threads=0).session
+    sizes, worst, agree, i = [], 0.0, True, 0
+    for bs in (1, 7, 32, len(images)):
+        chunk = images[i : i + bs]
+        if not len(chunk):
+            break
+        i += len(chunk)
+        sizes.append(len(chunk))
+        got = session.run(["probs"], {"images": chunk})[0]
+        expected = reference(chunk)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        agree &= bool((got.argmax(1) == expected.argmax(1)).all())
+    return ParityReport(i, sizes, worst, agree, tolerance, what)
+
+
+def torch_probs(model) -> Probs:
+    """Probabilities of a torch classifier (uint8 NHWC -> (logits, probs)), eager, inference mode."""
+    import torch
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images))[1].numpy()
+    return run
+
+
+def backbone_graph_then_head(backbone_graph: Path, head: Head, threads: int) -> Probs:
+    """Probabilities of the backbone graph (ONNX Runtime) followed by `head` in numpy."""
+    from tasks.extraction.engines import OrtEngine
+
+    engine = OrtEngine(backbone_graph, threads)
+    return lambda images: head.probs(engine.run(images))
