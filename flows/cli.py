@@ -29,12 +29,15 @@ def _print_result(results: dict, seconds: float) -> None:
 
 
 def cmd_run(args) -> None:
-    from flows.train import train_flow
+    from flows.server import use_project_server
     from tasks.dataset.sources import resolve_source
 
     # fail fast, before Prefect starts and before -S is written into params.yaml: a bad params file, override or source
     resolve_source(load_params(overrides=args.set).ingest, default_paths().root)
     t0 = time.perf_counter()
+    use_project_server()
+    from flows.train import train_flow
+
     results = train_flow(overrides=args.set or None, commit=not args.no_commit)
     _print_result(results, time.perf_counter() - t0)
     if args.command == "run":
@@ -80,6 +83,9 @@ def cmd_stage(args) -> None:
 
 
 def cmd_retrain(args) -> None:
+    from flows.server import use_project_server
+
+    use_project_server()
     from flows.retrain import retrain_flow
 
     record = retrain_flow(force=args.force)
@@ -102,6 +108,22 @@ def cmd_schedule(args) -> None:
         schedule = {"cron": args.cron} if args.cron else {"interval": dt.timedelta(seconds=args.interval)}
         # limit=1: two retrains at once would only fight over the feature-store lock
         retrain_flow.serve(name=args.name, parameters={"root": str(default_paths().root)}, limit=1, **schedule)
+
+
+def cmd_server(args) -> None:
+    from flows.server import start_project_server, stop_project_server
+
+    if args.action == "start":
+        state = start_project_server()
+        print(f"headstart server: {state['api'].removesuffix('/api')} (pid {state['pid']})")
+    elif args.action == "stop":
+        print("headstart server: stopped" if stop_project_server() else "headstart server: none was running")
+    else:
+        from flows.server import running_project_server
+
+        state = running_project_server()
+        print(f"headstart server: {state['api'].removesuffix('/api')} (pid {state['pid']})" if state
+              else "headstart server: not running (the next `headstart run` starts it)")
 
 
 def cmd_predict(args) -> None:
@@ -164,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--port", type=int, default=4200,
                           help="port of the local Prefect server started when PREFECT_API_URL is not set")
     schedule.set_defaults(func=cmd_schedule)
+
+    server = sub.add_parser("server", help="the project's Prefect server, which stays up between runs (127.0.0.1)")
+    server.add_argument("action", choices=["status", "start", "stop"])
+    server.set_defaults(func=cmd_server)
 
     pred = sub.add_parser("predict", help="top-k predictions of the exported model for files, folders or a CSV")
     pred.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or CSVs with a path column")

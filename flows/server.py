@@ -1,16 +1,31 @@
-"""A local Prefect server for schedules: started by the project on 127.0.0.1 unless PREFECT_API_URL names one."""
+"""Local Prefect servers, on 127.0.0.1 unless PREFECT_API_URL names one.
+
+- **The project's server** (`project_server`): `headstart run`, `demo` and `retrain` talk to a server that stays up
+  between runs, so a run pays for connecting, not for starting a temporary API (~15-20 s on 2 cores). It starts on
+  first use on a free port, detached from the terminal, and keeps Prefect's own conventions: its pid is in
+  `$PREFECT_HOME/server.pid` (so `prefect server stop` stops it, as does `headstart server stop`), its database in
+  `$PREFECT_HOME` (the project's `.prefect/`), its log in `.prefect/server.log`. `HEADSTART_PREFECT_SERVER=temporary`
+  keeps Prefect's temporary per-run server instead (what the tests use: they never leave a server running).
+- **A schedule's server** (`local_server`): `headstart schedule` runs one for as long as it serves, on its own port.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 from tasks.core.errors import UserError
+
+MODE_ENV = "HEADSTART_PREFECT_SERVER"  # "project" (default) or "temporary"
 
 
 def wait_healthy(api_url: str, timeout: float = 120.0) -> None:
@@ -47,3 +62,113 @@ def local_server(port: int | None = None) -> Iterator[str]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _prefect_home() -> Path:
+    return Path(os.environ["PREFECT_HOME"])  # tasks.core.env sets it (default: <project>/.prefect)
+
+
+def _state_file() -> Path:
+    return _prefect_home() / "headstart-server.json"
+
+
+def _healthy(api: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def running_project_server() -> dict | None:
+    """The project's server as recorded, if its process is alive and answering; None otherwise."""
+    try:
+        state = json.loads(_state_file().read_text())
+        pid = int((_prefect_home() / "server.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    if pid != state.get("pid") or not _alive(pid) or not _healthy(state["api"]):
+        return None
+    return state
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_project_server() -> dict:
+    """Start the project's Prefect server (unless it runs already) and return its state {pid, port, api, prefect}.
+    Imports no Prefect module: Prefect reads PREFECT_API_URL once, when first imported."""
+    from importlib.metadata import version
+
+    prefect_version = version("prefect")
+    state = running_project_server()
+    if state is not None and state.get("prefect") == prefect_version:
+        return state
+    if state is not None:  # another Prefect version than this environment's: replace it
+        stop_project_server()
+    home = _prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    with open(home / "server.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                 str(port)], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)  # its own session: Ctrl-C on a run does not stop it
+    (home / "server.pid").write_text(str(proc.pid))
+    state = {"pid": proc.pid, "port": port, "api": api, "prefect": prefect_version}
+    _state_file().write_text(json.dumps(state))
+    try:
+        wait_healthy(api)
+    except UserError:
+        stop_project_server()
+        raise UserError(f"the project's Prefect server did not start; see {home / 'server.log'}") from None
+    print(f"Prefect server for this project started on {api.removesuffix('/api')} (127.0.0.1 only); it stays up "
+          f"for the next runs: `headstart server stop` stops it", file=sys.stderr)
+    return state
+
+
+def stop_project_server() -> bool:
+    """Stop the project's Prefect server; True if one was running."""
+    pid_file = _prefect_home() / "server.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    stopped = False
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 20
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        stopped = True
+    pid_file.unlink(missing_ok=True)
+    _state_file().unlink(missing_ok=True)
+    return stopped
+
+
+def use_project_server() -> str | None:
+    """Point this process's Prefect client at the project's server (started if needed) and return its API URL;
+    None when PREFECT_API_URL is set already or HEADSTART_PREFECT_SERVER=temporary. Call it before anything imports
+    prefect."""
+    mode = os.environ.get(MODE_ENV, "project")
+    if mode not in ("project", "temporary"):
+        raise UserError(f"{MODE_ENV}={mode!r}: use 'project' (a server that stays up) or 'temporary' (one per run)")
+    if os.environ.get("PREFECT_API_URL") or mode == "temporary":
+        return None
+    api = start_project_server()["api"]
+    os.environ["PREFECT_API_URL"] = api
+    return api

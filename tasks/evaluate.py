@@ -55,14 +55,12 @@ class EvaluateSummary:
 
 def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None:
     """Render a row-normalised confusion matrix with counts to PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no GUI backend machinery, ~0.5 s less to import
 
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.65 * n), dpi=110)
+    fig = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.65 * n), dpi=110)
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
@@ -78,7 +76,6 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None
     fig.tight_layout()
     with atomic_path(dest, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str) -> tuple[np.ndarray, str, dict]:

@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect" / "test"))
+# `headstart run` in a test gets Prefect's temporary per-run server, never the project's server that stays up (the
+# one test of that server stops it): a test run leaves no process behind
+os.environ.setdefault("HEADSTART_PREFECT_SERVER", "temporary")
 
 # no telemetry, no hub downloads: tasks.core.env sets them (as it does for every entry point) before anything heavy
 import tasks.core.env  # noqa: E402,F401

@@ -66,8 +66,12 @@ def test_the_whole_pipeline_makes_no_outbound_connection_in_any_process(tmp_path
     py = sys.executable
 
     _guarded_run([py, "-m", "tasks.ingest"], paths.root, env)                       # a stage alone
-    _guarded_run([py, "-m", "flows.distributed", "--shards", "2"], paths.root, env)  # Prefect server + Dask workers
-    _guarded_run([py, "-m", "flows.cli", "run"], paths.root, env)                    # the flow, then dvc commit
+    _guarded_run([py, "-m", "flows.distributed", "--shards", "2"], paths.root, env)  # temporary server + Dask workers
+    try:
+        project_server = env | {"HEADSTART_PREFECT_SERVER": "project"}                 # the server that stays up
+        _guarded_run([py, "-m", "flows.cli", "run"], paths.root, project_server)       # the flow, then dvc commit
+    finally:
+        _guarded_run([py, "-m", "flows.cli", "server", "stop"], paths.root, project_server)
     _guarded_run([py, "-m", "flows.cli", "promote"], paths.root, env)                # dvc add + git commit
     _guarded_run([py, "-m", "dvc", "exp", "run", "-S", "head.C=0.5"], paths.root, env)  # dvc runs stage commands
     _guarded_run([py, "-m", "dvc", "push"], paths.root, env)
@@ -77,6 +81,6 @@ def test_the_whole_pipeline_makes_no_outbound_connection_in_any_process(tmp_path
     assert [e for e in events if e["event"] == "blocked"] == []
     started = [" ".join(e["argv"]) for e in events if e["event"] == "start"]
     # the guard was in every kind of process the pipeline starts
-    for kind in ("tasks.ingest", "flows.distributed", "flows.cli run", "spawn_main", "uvicorn", "-m dvc", "tasks.head",
-                 "tasks.evaluate"):
+    for kind in ("tasks.ingest", "flows.distributed", "flows.cli run", "spawn_main", "uvicorn", "prefect server start",
+                 "-m dvc", "tasks.head", "tasks.evaluate"):
         assert any(kind in cmd for cmd in started), f"no guarded process ran {kind!r}: {started}"
