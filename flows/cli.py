@@ -111,19 +111,14 @@ def cmd_schedule(args) -> None:
 
 
 def cmd_server(args) -> None:
-    from flows.server import start_project_server, stop_project_server
+    from flows.server import running_project_server, start_project_server, stop_project_server
 
-    if args.action == "start":
-        state = start_project_server()
-        print(f"headstart server: {state['api'].removesuffix('/api')} (pid {state['pid']})")
-    elif args.action == "stop":
+    if args.action == "stop":
         print("headstart server: stopped" if stop_project_server() else "headstart server: none was running")
-    else:
-        from flows.server import running_project_server
-
-        state = running_project_server()
-        print(f"headstart server: {state['api'].removesuffix('/api')} (pid {state['pid']})" if state
-              else "headstart server: not running (the next `headstart run` starts it)")
+        return
+    state = start_project_server() if args.action == "start" else running_project_server()
+    print(f"headstart server: {state['api'].removesuffix('/api')} (pid {state['pid']})" if state
+          else "headstart server: not running (the next `headstart run` starts it)")
 
 
 def cmd_predict(args) -> None:

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from tasks.core.errors import UserError
@@ -43,7 +44,7 @@ from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
 from tasks.model.head_graph import compose_classifier
 from tasks.model.shipped_model import shipped_state
-from tasks.serving.parity import ParityReport, backbone_graph_then_head, compare, torch_probs
+from tasks.serving.parity import ParityReport, Probs, backbone_graph_then_head, compare, torch_probs
 
 
 class ExportParityError(UserError):
@@ -121,7 +122,8 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
     return report
 
 
-def _frozen_graph(params: Params, paths: ProjectPaths, head: Head, images) -> tuple[onnx.ModelProto, dict, object]:
+def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
+                  images: np.ndarray) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
     """The store's checked backbone graph + the head, composed with onnx; its metadata; its parity reference."""
     store = open_store(params, paths)
     head.require_features(store.fingerprint, paths.head)
@@ -136,7 +138,8 @@ def _frozen_graph(params: Params, paths: ProjectPaths, head: Head, images) -> tu
     return proto, meta, (reference, "the store's backbone graph + the head in numpy")
 
 
-def _torch_graph(params: Params, paths: ProjectPaths, head: Head, state: dict, staging: Path):
+def _torch_graph(params: Params, paths: ProjectPaths, head: Head, state: dict,
+                 staging: Path) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
     """The fine-tuned model exported from torch; its parity reference is torch eager."""
     from tasks.model.onnx_export import export_onnx
     from tasks.model.shipped_model import build_classifier

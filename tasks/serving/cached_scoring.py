@@ -45,8 +45,9 @@ def why_not_cached(clf: OnnxClassifier, paths: ProjectPaths, keys: list[str]) ->
     record = store.graph_record()
     if record is None or record["sha256"] != made["sha256"]:
         return None, f"the store's backbone graph is not the one in the model (sha256 {made['sha256'][:12]})"
-    if store.missing(keys):
-        return None, f"{len(store.missing(keys))} image(s) have no cached features"
+    missing = store.missing(keys)
+    if missing:
+        return None, f"{len(missing)} image(s) have no cached features"
     wanted = {"engine": "onnxruntime", "engine_version": onnxruntime.__version__, "graph_sha256": made["sha256"],
               "decoder": decoder_identity()}
     for p in store.provenance_for(keys):
