@@ -249,3 +249,47 @@ def test_a_file_edited_after_ingest_stops_extraction_with_its_name(tmp_path, cli
         run_features(params, paths)
     assert "\n" not in str(exc.value)
     assert len(open_store(params, paths)) == 0  # nothing stored under the old content's key
+
+
+def test_a_layer_list_is_each_layer_pooled_and_concatenated_through_features_head_onnx_and_evaluate(tmp_path,
+                                                                                                   clipart_raw):
+    from tasks.core.stages import stage_function
+    from tasks.extraction.fingerprint import feature_fingerprint
+    from tasks.model.head_format import Head
+    from tasks.model.shipped_model import build_classifier
+    from tasks.serving.onnx_classifier import OnnxClassifier
+
+    paths, _ = _features_project(tmp_path, clipart_raw)
+    keys = pd.read_parquet(paths.manifest)["sha256"].tolist()
+    single = {}
+    for layer in ("blocks.4", "pooled"):
+        params = project_params(paths, [f"backbone.layer={layer}"])
+        run_features(params, paths)
+        single[layer] = open_store(params, paths).get(keys)
+    params = project_params(paths, ["backbone.layer=[blocks.4, pooled]"])
+    assert params.backbone.layer == ["blocks.4", "pooled"]
+    assert len({feature_fingerprint(project_params(paths, [f"backbone.layer={v}"]).backbone)
+                for v in ("blocks.4", "pooled", "[blocks.4, pooled]", "[pooled, blocks.4]")}) == 4
+    for stage in ("features", "head", "finetune", "export", "evaluate"):
+        stage_function(stage)(params, paths)
+    both = open_store(params, paths).get(keys)
+    assert both.shape == (len(keys), 112 + 1280)
+    # the concatenation is exactly the two layers' own features, in the order named
+    assert np.abs(both[:, :112] - single["blocks.4"]).max() <= 1e-4
+    assert np.abs(both[:, 112:] - single["pooled"]).max() <= 1e-4
+
+    clf = OnnxClassifier(paths.onnx)  # one graph with the same concatenation inside, composed without torch
+    images = np.stack([np.asarray(x) for x in _parity_sample(params, paths)])
+    with torch.inference_mode():
+        expected = build_classifier(params, Head.load(paths.head))(torch.from_numpy(images))[1].numpy()
+    assert np.abs(clf.probs(images) - expected).max() <= 1e-4
+    how = json.loads((paths.metrics / "evaluation.json").read_text())
+    assert "head sub-graph on cached features" in how["artifact"]
+    with pytest.raises(UserError, match=r"backbone.layer: 'blocks.44' is not a module.*did you mean"):
+        build_backbone(project_params(paths, ["backbone.layer=[blocks.44, pooled]"]).backbone)
+
+
+def _parity_sample(params, paths):
+    from tasks.dataset.manifest_images import parity_images
+
+    return parity_images(params, paths)

@@ -34,6 +34,9 @@ def test_shipped_params_file_is_valid_and_complete():
         ("head:\n  C: -1\n", "head.C: must be > 0 or auto"),
         ("head:\n  C: fast\n", "head.C: Input should be a valid number"),
         ("backbone:\n  weights: s3://x\n", "backbone.weights: unknown weights source"),
+        ("backbone:\n  layer: [blocks.4, blocks.4]\n", "backbone.layer: ['blocks.4', 'blocks.4'] names a "
+                                                       "layer twice"),
+        ("backbone:\n  layer: []\n", "backbone.layer: an empty list names no layer; use pooled"),
     ],
 )
 def test_bad_params_give_one_line_naming_the_key(tmp_path: Path, text: str, expected: str):

@@ -55,8 +55,21 @@ class BackboneParams(_Section):
     resize: Literal["pad", "crop", "squash"] = Field(
         "pad", description="pad: letterbox on white; crop: shorter side then centre crop; squash: ignore aspect"
     )
-    layer: str = Field("pooled", description="pooled (penultimate layer) or a module name, e.g. blocks.4 / layer3, "
-                                             "whose output is global-average-pooled")
+    layer: str | list[str] = Field(
+        "pooled", description="pooled (penultimate layer), a module name (e.g. blocks.4 / layer3) whose output is "
+                              "global-average-pooled, or a list of them, each pooled, concatenated in that order")
+
+    @field_validator("layer")
+    @classmethod
+    def _one_or_more_distinct_layers(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list names no layer; use pooled")
+            if len(set(v)) != len(v):
+                raise ValueError(f"{v} names a layer twice")
+            if len(v) == 1:
+                return v[0]  # one layer in a list is that layer (and shares its feature cache)
+        return v
 
     @field_validator("weights")
     @classmethod

@@ -119,11 +119,55 @@ def build_backbone(p: BackboneParams, seed: int = 0) -> LoadedBackbone:
         weights_id = f"random:{seed}"
     model.eval()
     blocks = _ordered_blocks(model, spec)
-    if p.layer != "pooled":
+    if isinstance(p.layer, list):
+        model = ConcatenatedLayers(model, p.layer).eval()
+    elif p.layer != "pooled":
         model = IntermediateLayer(model, p.layer).eval()
+    if p.layer != "pooled":
         with torch.inference_mode():
             feature_dim = int(model(torch.zeros(1, 3, 64, 64)).shape[1])
     return LoadedBackbone(model, spec, feature_dim, weights_id, blocks)
+
+
+def _check_layer_names(model: nn.Module, layers: list[str]) -> None:
+    names = [n for n, _ in model.named_modules() if n]
+    for layer in layers:
+        if layer != "pooled" and layer not in names:
+            import difflib
+
+            near = difflib.get_close_matches(layer, names, n=3)
+            raise UserError(f"backbone.layer: '{layer}' is not a module of this backbone"
+                            f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}")
+
+
+def _pool(out: torch.Tensor) -> torch.Tensor:
+    return out.mean(dim=(2, 3)) if out.dim() == 4 else out.flatten(1)
+
+
+class ConcatenatedLayers(nn.Module):
+    """Several layers' outputs, each global-average-pooled to (N, C_i), concatenated in the order named; "pooled"
+    is the backbone's own pooled output. Forward hooks capture the intermediate outputs during the full forward pass,
+    so the same module trains, extracts and exports (the ONNX graph holds the same concatenation)."""
+
+    def __init__(self, model: nn.Module, layers: list[str]):
+        super().__init__()
+        _check_layer_names(model, layers)
+        self.model, self.layers = model, list(layers)
+        self._captured: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        for name in self.layers:
+            if name != "pooled":
+                modules[name].register_forward_hook(self._capture(name))
+
+    def _capture(self, name: str):
+        def hook(_module, _inputs, output):
+            self._captured[name] = output
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.model(x)
+        parts = [pooled if name == "pooled" else _pool(self._captured.pop(name)) for name in self.layers]
+        return torch.cat(parts, dim=1)
 
 
 class IntermediateLayer(nn.Module):
@@ -132,21 +176,14 @@ class IntermediateLayer(nn.Module):
 
     def __init__(self, model: nn.Module, layer: str):
         super().__init__()
-        names = [n for n, _ in model.named_modules() if n]
-        if layer not in names:
-            import difflib
-
-            near = difflib.get_close_matches(layer, names, n=3)
-            raise UserError(f"backbone.layer: '{layer}' is not a module of this backbone"
-                            f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}")
+        _check_layer_names(model, [layer])
         from timm.models._features_fx import create_feature_extractor
 
         self.layer = layer
         self.body = create_feature_extractor(model, {layer: layer})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)[self.layer]
-        return out.mean(dim=(2, 3)) if out.dim() == 4 else out.flatten(1)
+        return _pool(self.body(x)[self.layer])
 
 
 def _ordered_blocks(model: nn.Module, spec: BackboneSpec) -> list[nn.Module]:
