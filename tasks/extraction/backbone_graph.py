@@ -81,7 +81,9 @@ def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[
         if not worst <= tolerance:
             raise UserError(f"{graph}: the backbone graph disagrees with torch on {len(images)} held-out images "
                             f"(max |f_onnx - f_torch| = {worst:.2e} > {tolerance:.1e} = export.parity_tolerance x "
-                            f"max |f|); set features.engine: torch, or report this backbone")
+                            f"max |f|); "
+                            + (f"its cached features are suspect: delete {store.dir} and re-run the features stage"
+                               if checking == graph else "try another export.opset, or another backbone"))
         if checking != graph:
             checking.replace(graph)
     finally:
@@ -92,6 +94,6 @@ def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "opset": params.export.opset,
               "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(store.graph_record_path, json.dumps(record, indent=2))
-    log(f"features: backbone graph checked against torch on {len(images)} held-out images at batch {sizes}: "
+    log(f"backbone graph: checked against torch on {len(images)} held-out images at batch {sizes}: "
         f"max |df| {worst:.1e} (features up to {scale:.1f}) -> {graph.name}")
     return record
