@@ -9,7 +9,6 @@ guard was in the processes it claims to cover.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,17 +30,6 @@ def _events(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def _guarded_run(cmd: list[str], cwd: Path, env: dict, check: bool = True):
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)  # conftest.run builds its environment from os.environ
-    try:
-        return run(cmd, cwd, check=check)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def test_the_guard_blocks_and_counts_what_leaves_the_machine(tmp_path):
     log = tmp_path / "net.jsonl"
     code = ("import socket, urllib.request\n"
@@ -51,7 +39,7 @@ def test_the_guard_blocks_and_counts_what_leaves_the_machine(tmp_path):
             "                lambda: socket.socket().bind(('0.0.0.0', 0))):\n"
             "    try: attempt(); print('reached')\n"
             "    except OSError as e: print('blocked')\n")
-    proc = _guarded_run([sys.executable, "-c", code], tmp_path, _guarded_env(log, tmp_path / "prefect"))
+    proc = run([sys.executable, "-c", code], tmp_path, env=_guarded_env(log, tmp_path / "prefect"))
     assert proc.stdout.split() == ["blocked"] * 3  # loopback passed; the lookup, the connect and the bind did not
     blocked = [(e["call"], e["target"]) for e in _events(log) if e["event"] == "blocked"]
     assert blocked == [("getaddrinfo", "'pypi.org'"), ("connect", "('192.0.2.1', 80)"), ("bind", "('0.0.0.0', 0)")]
@@ -65,17 +53,17 @@ def test_the_whole_pipeline_makes_no_outbound_connection_in_any_process(tmp_path
     env = _guarded_env(log, tmp_path / "prefect-home")
     py = sys.executable
 
-    _guarded_run([py, "-m", "tasks.ingest"], paths.root, env)                       # a stage alone
-    _guarded_run([py, "-m", "flows.distributed", "--shards", "2"], paths.root, env)  # temporary server + Dask workers
+    run([py, "-m", "tasks.ingest"], paths.root, env=env)                       # a stage alone
+    run([py, "-m", "flows.distributed", "--shards", "2"], paths.root, env=env)  # temporary server + Dask workers
     try:
         project_server = env | {"HEADSTART_PREFECT_SERVER": "project"}                 # the server that stays up
-        _guarded_run([py, "-m", "flows.cli", "run"], paths.root, project_server)       # the flow, then dvc commit
+        run([py, "-m", "flows.cli", "run"], paths.root, env=project_server)       # the flow, then dvc commit
     finally:
-        _guarded_run([py, "-m", "flows.cli", "server", "stop"], paths.root, project_server)
-    _guarded_run([py, "-m", "flows.cli", "promote"], paths.root, env)                # dvc add + git commit
-    _guarded_run([py, "-m", "dvc", "exp", "run", "-S", "head.C=0.5"], paths.root, env)  # dvc runs stage commands
-    _guarded_run([py, "-m", "dvc", "push"], paths.root, env)
-    _guarded_run([py, "-m", "flows.cli", "predict", str(clipart_raw / "food")], paths.root, env)
+        run([py, "-m", "flows.cli", "server", "stop"], paths.root, env=project_server)
+    run([py, "-m", "flows.cli", "promote"], paths.root, env=env)                # dvc add + git commit
+    run([py, "-m", "dvc", "exp", "run", "-S", "head.C=0.5"], paths.root, env=env)  # dvc runs stage commands
+    run([py, "-m", "dvc", "push"], paths.root, env=env)
+    run([py, "-m", "flows.cli", "predict", str(clipart_raw / "food")], paths.root, env=env)
 
     events = _events(log)
     assert [e for e in events if e["event"] == "blocked"] == []

@@ -53,6 +53,18 @@ def split_images(params: Params, paths: ProjectPaths, split: str, limit: int) ->
     return load_rows(rows, paths, size, mode, params.ingest.max_pixels), rows["label"].to_numpy()
 
 
+def parity_chunks(images: np.ndarray):
+    """`images` in consecutive chunks of 1, 7, 32 and the rest: how every parity gate runs them, so a graph whose
+    batch axis was specialised to one size fails at another."""
+    i = 0
+    for size in (1, 7, 32, len(images)):
+        chunk = images[i : i + size]
+        if not len(chunk):
+            return
+        i += len(chunk)
+        yield chunk
+
+
 def parity_images(params: Params, paths: ProjectPaths) -> np.ndarray:
     """Up to `export.parity_images` real held-out images (val, else test, else train) as uint8 NHWC: the images
     every parity gate (backbone graph, exported model) and evaluate's end-to-end check run on."""

@@ -20,6 +20,7 @@ from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text, sha256_file
 from tasks.core.params import Params
 from tasks.core.progress import log
+from tasks.dataset.manifest_images import parity_chunks
 from tasks.extraction.feature_store import FeatureStore
 from tasks.model.onnx_export import export_onnx
 
@@ -34,19 +35,14 @@ def backbone_model(params: Params):
 
 
 def _compare(model, graph: Path, images: np.ndarray, threads: int) -> tuple[float, float, list[int]]:
-    """max |f_onnx - f_torch| and max |f_torch| over `images`, run at batch 1, 7 and the rest (a graph whose batch
-    axis was specialised fails at one of them)."""
+    """max |f_onnx - f_torch| and max |f_torch| over `images`, and the batch sizes they ran at (`parity_chunks`)."""
     import torch
 
     from tasks.extraction.engines import OrtEngine
 
     engine = OrtEngine(graph, threads)
-    worst, scale, sizes, i = 0.0, 0.0, [], 0
-    for bs in (1, 7, len(images)):
-        chunk = images[i : i + bs]
-        if not len(chunk):
-            break
-        i += len(chunk)
+    worst, scale, sizes = 0.0, 0.0, []
+    for chunk in parity_chunks(images):
         sizes.append(len(chunk))
         with torch.inference_mode():
             expected = model(torch.from_numpy(chunk)).numpy()

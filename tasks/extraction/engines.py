@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.core.files import sha256_file
 from tasks.core.hardware import cuda_available, ort_providers, resolve_threads
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ class OrtEngine:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=ort_providers())
         self.input = self.session.get_inputs()[0].name
-        self.graph_sha256 = sha256_file(Path(onnx_path))
+        self.path = Path(onnx_path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: np.ascontiguousarray(batch)})[0]

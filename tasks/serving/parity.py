@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.dataset.manifest_images import parity_chunks
 from tasks.model.head_format import Head
 
 
@@ -36,23 +37,19 @@ Probs = Callable[[np.ndarray], np.ndarray]
 
 
 def compare(candidate: Path, reference: Probs, images: np.ndarray, tolerance: float, what: str) -> ParityReport:
-    """Run the candidate graph (ONNX Runtime) and `reference` on `images` at batch 1, 7, 32 and the rest (a graph
-    whose batch axis was specialised fails at one of them); compare probabilities and argmax."""
+    """Run the candidate graph (ONNX Runtime) and `reference` on `images` in `parity_chunks`; compare probabilities
+    and argmax."""
     from tasks.extraction.engines import OrtEngine
 
     session = OrtEngine(candidate, threads=0).session
-    sizes, worst, agree, i = [], 0.0, True, 0
-    for bs in (1, 7, 32, len(images)):
-        chunk = images[i : i + bs]
-        if not len(chunk):
-            break
-        i += len(chunk)
+    sizes, worst, agree = [], 0.0, True
+    for chunk in parity_chunks(images):
         sizes.append(len(chunk))
         got = session.run(["probs"], {"images": chunk})[0]
         expected = reference(chunk)
         worst = max(worst, float(np.abs(got - expected).max()))
         agree &= bool((got.argmax(1) == expected.argmax(1)).all())
-    return ParityReport(i, sizes, worst, agree, tolerance, what)
+    return ParityReport(sum(sizes), sizes, worst, agree, tolerance, what)
 
 
 def torch_probs(model) -> Probs:
