@@ -136,6 +136,12 @@ def cmd_predict(args) -> None:
     predict(args.inputs, model=model, top_k=args.top_k, out=args.out, batch_size=args.batch_size)
 
 
+def cmd_serve(args) -> None:
+    from tasks.server.main import run_from_args
+
+    run_from_args(args)
+
+
 def cmd_repro(args) -> None:
     from flows.dvc_sync import dvc_command
 
@@ -193,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", default=None, help="output .csv or .json (default: CSV on stdout)")
     pred.add_argument("--batch-size", type=int, default=32)
     pred.set_defaults(func=cmd_predict)
+
+    from tasks.server.main import add_arguments as serve_arguments
+
+    serve = serve_arguments(sub.add_parser("serve", help="serve the champion over the V2 inference protocol (REST and "
+                                                          "gRPC, as Triton does), switching on each promotion"))
+    serve.set_defaults(func=cmd_serve)
 
     repro = sub.add_parser("repro", help="`dvc repro` with the project's Python on PATH")
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER)

@@ -1,7 +1,8 @@
 """Triton model repository folder: `<root>/<name>/{config.pbtxt, labels.txt, <version>/model.onnx ...}`.
 
 The config is written in Triton's protobuf text format (ModelConfig): platform `onnxruntime_onnx`, dims exclude the
-batch axis (which `max_batch_size` > 0 makes implicit), dynamic batching on, and `label_filename` on the `probs`
+batch axis (which `max_batch_size` > 0 makes implicit), every version folder served (`version_policy: all`;
+Triton's default serves only the newest), dynamic batching on, and `label_filename` on the `probs`
 output so Triton's classification extension returns class names.
 """
 
@@ -17,6 +18,7 @@ def config_pbtxt(name: str, input_size: int, n_classes: int, max_batch_size: int
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
+version_policy: {{ all {{ }} }}
 input [
   {{
     name: "images"

@@ -1,0 +1,88 @@
+"""Dynamic batching, as Triton's `dynamic_batching` does it: concurrent requests for the same model version are
+stacked into one ONNX Runtime call of at most `max_batch_size` images, waiting at most `max_queue_delay_us` for
+company. Small on purpose: one asyncio queue per version, one inference at a time in a worker thread (on 2 cores two
+concurrent ORT calls only fight over the same cores), results split back in request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class _Job:
+    key: object                  # what must match to share a batch: the session and the requested outputs
+    run: object                  # callable(inputs: np.ndarray) -> list[np.ndarray]
+    images: np.ndarray
+    future: asyncio.Future = field(repr=False)
+
+
+class DynamicBatcher:
+    """Queue requests; `submit` returns the outputs for exactly the request's rows."""
+
+    def __init__(self, max_batch_size: int, max_queue_delay_us: int, enabled: bool = True):
+        self.max_batch_size = max_batch_size
+        self.delay = max_queue_delay_us / 1e6
+        self.enabled = enabled
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._task: asyncio.Task | None = None
+        self.batches_run = 0     # ONNX Runtime calls (Triton's execution_count)
+        self.rows_run = 0        # images inferred (Triton's inference_count)
+        self.largest_batch = 0
+
+    async def submit(self, key, run, images: np.ndarray) -> list[np.ndarray]:
+        """The outputs of `run` for `images`, computed alone or stacked with other requests that share `key`."""
+        if not self.enabled:
+            outputs = await asyncio.to_thread(run, images)
+            self.batches_run += 1
+            self.rows_run += len(images)
+            return outputs
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._loop())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(key, run, images, future))
+        return await future
+
+    async def _loop(self) -> None:
+        pending: list[_Job] = []
+        while True:
+            first = pending.pop(0) if pending else await self._queue.get()
+            batch, rows = [first], len(first.images)
+            deadline = time.perf_counter() + self.delay
+            while rows < self.max_batch_size:
+                left = deadline - time.perf_counter()
+                try:
+                    job = self._queue.get_nowait() if left <= 0 else await asyncio.wait_for(self._queue.get(), left)
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+                if job.key == first.key and rows + len(job.images) <= self.max_batch_size:
+                    batch.append(job)
+                    rows += len(job.images)
+                else:
+                    pending.append(job)  # another version or too big to join: it leads the next batch
+                    break
+            await self._run(batch, rows)
+
+    async def _run(self, batch: list[_Job], rows: int) -> None:
+        stacked = batch[0].images if len(batch) == 1 else np.concatenate([j.images for j in batch])
+        try:
+            outputs = await asyncio.to_thread(batch[0].run, stacked)
+        except Exception as exc:  # one failing batch must not stop the loop; each caller gets the error
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self.batches_run += 1
+        self.rows_run += rows
+        self.largest_batch = max(self.largest_batch, rows)
+        start = 0
+        for job in batch:
+            n = len(job.images)
+            if not job.future.done():  # the client may have gone away
+                job.future.set_result([o[start : start + n] for o in outputs])
+            start += n

@@ -1,0 +1,122 @@
+"""The V2 gRPC endpoints, implementing Triton's own service definition (`inference.GRPCInferenceService`, the stubs
+shipped in tritonclient), so `tritonclient.grpc` talks to headstart serve exactly as to Triton. Inputs arrive as
+`raw_input_contents` (tritonclient's default) or typed `contents`; outputs go back as `raw_output_contents`.
+Bad requests end with INVALID_ARGUMENT, unknown models or versions with NOT_FOUND, each with a one-line message.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from tasks.server.contract import BadRequest, NotFound
+from tasks.server.inference import InferenceService, RequestedOutput, Tensor, decode_tensor
+from tasks.server.rest import serialize_bytes
+
+# typed `contents` field per V2 datatype
+_CONTENTS = {"UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+             "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BOOL": "bool_contents"}
+
+
+def _tensors(request: pb.ModelInferRequest) -> list[Tensor]:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    out = []
+    for i, t in enumerate(request.inputs):
+        shape = [int(s) for s in t.shape]
+        if raw:
+            array = decode_tensor(t.name, t.datatype, shape, raw[i], None)
+        else:
+            field = _CONTENTS.get(t.datatype)
+            if field is None:
+                raise BadRequest(f"input '{t.name}': datatype {t.datatype} is not a numeric V2 datatype")
+            array = decode_tensor(t.name, t.datatype, shape, None, list(getattr(t.contents, field)))
+        out.append(Tensor(t.name, t.datatype, shape, array))
+    return out
+
+
+def _outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:
+    out = []
+    for o in request.outputs:
+        k = o.parameters["classification"].int64_param if "classification" in o.parameters else 0
+        out.append(RequestedOutput(o.name, int(k)))
+    return out
+
+
+class V2GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """GRPCInferenceService over an InferenceService; methods it does not offer answer UNIMPLEMENTED."""
+
+    def __init__(self, service: InferenceService):
+        self.service = service
+
+    async def _guard(self, context, call):
+        try:
+            return call()
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, context):
+        meta = self.service.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
+
+    async def ModelReady(self, request, context):
+        ready = await self._guard(context, lambda: self.service.model_ready(request.name, request.version or None))
+        return pb.ModelReadyResponse(ready=bool(ready))
+
+    async def ModelMetadata(self, request, context):
+        meta = await self._guard(context, lambda: self.service.model_metadata(request.name, request.version or None))
+        tensor = lambda t: pb.ModelMetadataResponse.TensorMetadata(**t)  # noqa: E731
+        return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                                        inputs=[tensor(t) for t in meta["inputs"]],
+                                        outputs=[tensor(t) for t in meta["outputs"]])
+
+    async def ModelConfig(self, request, context):
+        contract = await self._guard(context, lambda: self.service.model_config(request.name, request.version or None))
+        return pb.ModelConfigResponse(config=contract.config())
+
+    async def RepositoryIndex(self, request, context):
+        models = [pb.RepositoryIndexResponse.ModelIndex(**m) for m in self.service.index()]
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def RepositoryModelLoad(self, request, context):
+        await self._guard(context, lambda: self.service.model_ready(request.model_name, None))
+        self.service.reload()
+        return pb.RepositoryModelLoadResponse()
+
+    async def ModelInfer(self, request, context):
+        try:
+            model, version, outputs = await self.service.infer(request.model_name, request.model_version or None,
+                                                               _tensors(request), _outputs(request))
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request.id)
+        for t in outputs:
+            response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+            response.raw_output_contents.append(
+                serialize_bytes(t.data) if t.datatype == "BYTES"
+                else np.ascontiguousarray(t.data).astype(t.data.dtype.newbyteorder("<")).tobytes())
+        return response
+
+
+def build_grpc_server(service: InferenceService, host: str, port: int) -> grpc.aio.Server:
+    """A grpc.aio server with the V2 service added and bound to host:port (not yet started)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2GrpcService(service), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot listen on {host}:{port} (gRPC)")
+    return server

@@ -1,0 +1,115 @@
+"""What the server serves: every version of the deploy repository (Triton's layout) and every other promoted
+version, each under its own contract, plus which one is the champion; swapped as a whole when a promotion lands.
+
+Versions in `models/serving/triton/<name>/` are described by that folder's config.pbtxt (what Triton would load).
+A promotion that changed the contract (classes or input size) leaves the older versions out of that folder, because
+Triton applies one config to all versions of a model; headstart serve still answers them at
+`/v2/models/<name>/versions/<n>`, each under the config text its own contract gives (rendered by the same function
+that writes the deploy repository), so their clients keep working while they move.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.errors import UserError
+from tasks.core.hardware import ort_providers, resolve_threads
+from tasks.core.paths import ProjectPaths
+from tasks.server.contract import ModelContract, NotFound, parse_contract, read_contract
+from tasks.serving.champions import champion_version, registry_dir, serving_dir, versions
+from tasks.serving.triton_repo import config_pbtxt
+
+
+@dataclass
+class ServedVersion:
+    """One loaded version: its ONNX Runtime session and its contract."""
+
+    version: int
+    path: Path
+    contract: ModelContract
+    in_deploy_repository: bool
+    session: object = field(repr=False)
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        return self.session.run(outputs, inputs)
+
+
+@dataclass
+class Snapshot:
+    """An immutable view of the repository: requests read one snapshot, a reload replaces it in one assignment."""
+
+    name: str
+    champion: int
+    versions: dict[int, ServedVersion]
+    fingerprint: str
+
+    def get(self, name: str, version: str | int | None) -> ServedVersion:
+        """The version a request names (the champion when it names none); NotFound otherwise."""
+        if name != self.name:
+            raise NotFound(f"unknown model '{name}'; this server serves '{self.name}'")
+        if version in (None, "", -1):
+            return self.versions[self.champion]
+        try:
+            number = int(version)
+        except (TypeError, ValueError):
+            raise NotFound(f"model '{name}' has no version '{version}'") from None
+        if number not in self.versions:
+            raise NotFound(f"model '{name}' has no version {number}; versions: {sorted(self.versions)}")
+        return self.versions[number]
+
+
+def repository_fingerprint(paths: ProjectPaths) -> str:
+    """Changes whenever a promotion lands: the champion pointer's content and the deploy folder's identity."""
+    pointer = registry_dir(paths) / "champion.json"
+    parts = [pointer.read_text() if pointer.exists() else ""]
+    for folder in sorted(serving_dir(paths).glob("*/")) if serving_dir(paths).exists() else []:
+        st = folder.stat()
+        parts.append(f"{folder.name}:{st.st_ino}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = resolve_threads(threads)
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=ort_providers())
+
+
+def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | None = None) -> Snapshot:
+    """Load the deploy repository and the registry's other versions; sessions of unchanged files are reused from
+    `previous`. A UserError (one line) when there is no champion yet."""
+    champion = champion_version(paths)
+    folders = [f for f in serving_dir(paths).iterdir() if (f / "config.pbtxt").is_file()] \
+        if serving_dir(paths).exists() else []
+    if champion is None or not folders:
+        raise UserError("no champion to serve yet: run `headstart demo` (or `headstart run`), then `headstart promote`")
+    fingerprint = repository_fingerprint(paths)
+    model_dir = folders[0]
+    deploy_contract = read_contract(model_dir)
+    old = {(v.path.stat().st_ino, v.contract): v for v in (previous.versions.values() if previous else [])
+           if v.path.exists()}
+    served: dict[int, ServedVersion] = {}
+    for number, folder in versions(paths).items():
+        in_repo = (model_dir / str(number) / "model.onnx").is_file()
+        path = model_dir / str(number) / "model.onnx" if in_repo else folder / "model.onnx"
+        if not path.is_file():
+            continue
+        if in_repo:
+            contract = deploy_contract
+        else:
+            own = json.loads((folder / "promotion.json").read_text()).get("contract", {})
+            text = config_pbtxt(model_dir.name, own["input_size"], len(own["classes"]), deploy_contract.max_batch_size)
+            contract = parse_contract(text, own["classes"], f"{folder}/promotion.json")
+        reused = old.get((path.stat().st_ino, contract))
+        session = reused.session if reused else _session(path, threads)
+        served[number] = ServedVersion(number, path, contract, in_repo, session)
+    if champion not in served:
+        raise UserError(f"the champion v{champion:04d} has no model.onnx in {model_dir} or {registry_dir(paths)}; "
+                        f"run `dvc pull` to fetch the registry")
+    return Snapshot(deploy_contract.name, champion, served, fingerprint)
