@@ -50,9 +50,12 @@ class Server:
     def __init__(self, root: Path, *extra: str):
         self.http_port, self.grpc_port = free_port(), free_port()
         self.log = root / f"serve-{self.http_port}.log"
+        self.net_log = root / f"net-{self.http_port}.jsonl"  # the offline guard of tests/netguard, as in test_offline
+        env = venv_env() | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "netguard"), str(REPO)]),
+                            "HEADSTART_NET_GUARD_LOG": str(self.net_log)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tasks.server.main", "--http-port", str(self.http_port),
                                       "--grpc-port", str(self.grpc_port), "--poll-seconds", "0.2", "--threads", "1",
-                                      *extra], cwd=root, env=venv_env() | {"PYTHONPATH": str(REPO)},
+                                      *extra], cwd=root, env=env,
                                      stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -75,8 +78,12 @@ class Server:
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
 
     def stop(self) -> None:
+        """SIGTERM, then: the process is gone, and it tried no connection, lookup or bind beyond loopback."""
         self.proc.terminate()
         self.proc.wait(timeout=30)
+        events = [json.loads(line) for line in self.net_log.read_text().splitlines()]
+        assert any(e["event"] == "start" for e in events), "the network guard was not loaded"
+        assert [e for e in events if e["event"] == "blocked"] == []
 
 
 @pytest.fixture(scope="module")
