@@ -230,6 +230,8 @@ def test_bad_requests_get_a_4xx_with_one_line_and_10000_of_them_grow_rss_by_unde
         status, text = _post(conn, f"/v2/models/{name}/infer", body, headers)
         message = json.loads(text)["error"]
         assert status == 400 and "\n" not in message and message, (what, status, text)
+        if what == "batch over the limit":
+            assert "max_batch_size" in message, message  # refused for its batch, before its bytes are looked at
     status, text = _post(conn, "/v2/models/no-such-model/infer", cases[0][1], {})
     assert status == 404 and "no-such-model" in json.loads(text)["error"]
     status, text = _post(conn, f"/v2/models/{name}/versions/99/infer", cases[0][1], {})

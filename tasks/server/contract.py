@@ -71,7 +71,10 @@ class ModelContract:
                              f"{', '.join(t.name for t in self.inputs)}")
         if datatype != spec.datatype:
             raise BadRequest(f"input '{name}' must be {spec.datatype}, got {datatype}")
-        shape = [int(s) for s in shape]
+        try:
+            shape = [int(s) for s in shape]
+        except (TypeError, ValueError):
+            raise BadRequest(f"input '{name}': shape {shape!r} is not a list of integers") from None
         if len(shape) != len(spec.dims) + 1 or tuple(shape[1:]) != spec.dims:
             raise BadRequest(f"input '{name}' must have shape [batch, {', '.join(map(str, spec.dims))}], got {shape}")
         if not 1 <= shape[0] <= self.max_batch_size:

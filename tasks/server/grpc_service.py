@@ -6,13 +6,15 @@ Bad requests end with INVALID_ARGUMENT, unknown models or versions with NOT_FOUN
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from tasks.server.contract import BadRequest, NotFound
-from tasks.server.inference import InferenceService, RequestedOutput, Tensor, decode_tensor
+from tasks.server.inference import InferenceService, RequestedOutput, WireTensor
 from tasks.server.rest import serialize_bytes
 
 # typed `contents` field per V2 datatype
@@ -21,7 +23,7 @@ _CONTENTS = {"UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uin
              "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BOOL": "bool_contents"}
 
 
-def _tensors(request: pb.ModelInferRequest) -> list[Tensor]:
+def _tensors(request: pb.ModelInferRequest) -> list[WireTensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise BadRequest(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -29,13 +31,12 @@ def _tensors(request: pb.ModelInferRequest) -> list[Tensor]:
     for i, t in enumerate(request.inputs):
         shape = [int(s) for s in t.shape]
         if raw:
-            array = decode_tensor(t.name, t.datatype, shape, raw[i], None)
+            out.append(WireTensor(t.name, t.datatype, shape, raw=raw[i]))
         else:
             field = _CONTENTS.get(t.datatype)
             if field is None:
                 raise BadRequest(f"input '{t.name}': datatype {t.datatype} is not a numeric V2 datatype")
-            array = decode_tensor(t.name, t.datatype, shape, None, list(getattr(t.contents, field)))
-        out.append(Tensor(t.name, t.datatype, shape, array))
+            out.append(WireTensor(t.name, t.datatype, shape, values=list(getattr(t.contents, field))))
     return out
 
 
@@ -92,7 +93,7 @@ class V2GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         await self._guard(context, lambda: self.service.model_ready(request.model_name, None))
-        self.service.reload()
+        await asyncio.to_thread(self.service.reload)
         return pb.RepositoryModelLoadResponse()
 
     async def ModelInfer(self, request, context):

@@ -23,12 +23,27 @@ EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
 
 @dataclass
 class Tensor:
-    """A tensor on its way in or out: V2 name, datatype and shape, and its values."""
+    """A tensor on its way out (or in, decoded): V2 name, datatype and shape, and its values."""
 
     name: str
     datatype: str
     shape: list[int]
     data: np.ndarray
+
+
+@dataclass
+class WireTensor:
+    """An input as it arrived: raw little-endian bytes or a JSON/typed list, decoded only after its name, datatype
+    and shape passed the contract (so a batch of 10,000 is refused for its batch size, not for its bytes)."""
+
+    name: str
+    datatype: str
+    shape: list
+    raw: bytes | None = None
+    values: object = None
+
+    def decode(self) -> np.ndarray:
+        return decode_tensor(self.name, self.datatype, self.shape, self.raw, self.values)
 
 
 @dataclass
@@ -104,7 +119,7 @@ class InferenceService:
         return [{"name": snap.name, "version": str(v), "state": "READY"} for v in sorted(snap.versions)]
 
     # --- inference -----------------------------------------------------------------------------------------------
-    async def infer(self, name: str, version: str | None, inputs: list[Tensor],
+    async def infer(self, name: str, version: str | None, inputs: list[WireTensor],
                     outputs: list[RequestedOutput]) -> tuple[str, int, list[Tensor]]:
         """(model name, version served, output tensors). BadRequest/NotFound before the model runs when the request
         does not fit the contract."""
@@ -113,8 +128,10 @@ class InferenceService:
         if len(inputs) != len(contract.inputs):
             raise BadRequest(f"model '{contract.name}' takes {len(contract.inputs)} input(s) "
                              f"({', '.join(t.name for t in contract.inputs)}), got {len(inputs)}")
+        arrays = []
         for t in inputs:
-            contract.check_input(t.name, t.datatype, t.shape, t.data)
+            contract.check_input(t.name, t.datatype, t.shape)
+            arrays.append(t.decode())
         requested = outputs or [RequestedOutput(t.name) for t in contract.outputs]
         for r in requested:
             contract.output(r.name)
@@ -123,7 +140,7 @@ class InferenceService:
             if r.class_count and r.name != "probs":
                 raise BadRequest(f"classification is offered on output 'probs' only, not '{r.name}'")
         names = sorted({r.name for r in requested})
-        images = inputs[0].data
+        images = arrays[0]
         input_name = contract.inputs[0].name
 
         def run(batch: np.ndarray) -> list[np.ndarray]:

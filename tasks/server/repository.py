@@ -90,7 +90,8 @@ def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | No
     if champion is None or not folders:
         raise UserError("no champion to serve yet: run `headstart demo` (or `headstart run`), then `headstart promote`")
     fingerprint = repository_fingerprint(paths)
-    model_dir = folders[0]
+    # the model folder that holds the champion (one per triton_name; a renamed model leaves its old folder behind)
+    model_dir = next((f for f in sorted(folders) if (f / str(champion)).is_dir()), sorted(folders)[0])
     deploy_contract = read_contract(model_dir)
     old = {(v.path.stat().st_ino, v.contract): v for v in (previous.versions.values() if previous else [])
            if v.path.exists()}

@@ -6,6 +6,7 @@ little-endian bytes in order; BYTES elements as 4-byte length + bytes). Errors a
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import zlib
@@ -15,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from tasks.server.contract import BadRequest, NotFound
-from tasks.server.inference import InferenceService, RequestedOutput, Tensor, decode_tensor
+from tasks.server.inference import InferenceService, RequestedOutput, Tensor, WireTensor
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -38,7 +39,7 @@ def _body(raw: bytes, encoding: str | None) -> bytes:
         raise BadRequest(f"body is not valid {encoding} data") from None
 
 
-def parse_infer_request(raw: bytes, header_length: str | None) -> tuple[dict, list[Tensor], list[RequestedOutput]]:
+def parse_infer_request(raw: bytes, header_length: str | None) -> tuple[dict, list[WireTensor], list[RequestedOutput]]:
     """(request JSON, input tensors, requested outputs) from a V2 REST body, JSON or binary-extension."""
     try:
         split = int(header_length) if header_length is not None else len(raw)
@@ -65,13 +66,12 @@ def parse_infer_request(raw: bytes, header_length: str | None) -> tuple[dict, li
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"input '{name}': binary_data_size {size} runs past the body's "
                                  f"{len(binary) - offset} remaining bytes")
-            array = decode_tensor(name, datatype, shape, binary[offset : offset + size], None)
+            inputs.append(WireTensor(name, datatype, shape, raw=binary[offset : offset + size]))
             offset += size
         elif "data" in item:
-            array = decode_tensor(name, datatype, shape, None, item["data"])
+            inputs.append(WireTensor(name, datatype, shape, values=item["data"]))
         else:
             raise BadRequest(f"input '{name}' has neither data nor binary_data_size")
-        inputs.append(Tensor(name, datatype, [int(s) for s in shape], array))
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes after the last binary tensor")
     outputs = []
@@ -188,7 +188,7 @@ def build_app(service: InferenceService) -> FastAPI:
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str):
         service.snapshot.get(name, None)
-        service.reload()
+        await asyncio.to_thread(service.reload)
         return Response(status_code=200)
 
     return app
