@@ -14,6 +14,8 @@ Run:  .venv/bin/python bench/serve_latency.py [--requests 400] [--threads 1]   (
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,14 +47,17 @@ def _in_process(model: Path, images: np.ndarray, n: int, threads: int) -> tuple[
     return *_percentiles(lat), n / (time.perf_counter() - t0)
 
 
-def _start(root: Path, threads: int, batching: bool):
-    from tests.conftest import free_port
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    http_port, grpc_port = free_port(), free_port()
+
+def _start(root: Path, threads: int, batching: bool):
+    http_port, grpc_port = _free_port(), _free_port()
     cmd = [sys.executable, "-m", "tasks.server.main", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
            "--threads", str(threads)] + ([] if batching else ["--no-batching"])
-    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.DEVNULL, env={**__import__("os").environ,
-                                                                           "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
     import tritonclient.http as httpclient
 
     deadline = time.time() + 120
@@ -106,7 +111,8 @@ def main() -> None:
     images, _ = split_images(params, paths, "test", 64)
     name = params.export.triton_name
     base = _in_process(model, images, args.requests, args.threads)
-    rows = [("in-process ONNX Runtime (baseline)", 1, *base)]
+    rows = [("in-process ONNX Runtime (baseline)", 1, *base),
+            ("in-process ONNX Runtime, 2 threads", 1, *_in_process(model, images, args.requests, 2))]
     for batching in (False, True):
         proc, port = _start(paths.root, args.threads, batching)
         try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.core.hardware import resolve_threads
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.server.batcher import DynamicBatcher
@@ -91,7 +92,10 @@ class InferenceService:
         self.paths, self.threads, self.poll_seconds = paths, threads, poll_seconds
         self.snapshot: Snapshot = load_snapshot(paths, threads)
         champion = self.snapshot.versions[self.snapshot.champion].contract
-        self.batcher = DynamicBatcher(champion.max_batch_size, champion.max_queue_delay_us, enabled=batching)
+        # as many concurrent ONNX Runtime calls as the cores hold at `threads` each (Triton's instance_group count)
+        instances = max(1, resolve_threads(0) // resolve_threads(threads))
+        self.batcher = DynamicBatcher(champion.max_batch_size, champion.max_queue_delay_us, enabled=batching,
+                                      instances=instances)
         self.reloads = 0
 
     # --- health and metadata ---------------------------------------------------------------------------------
