@@ -335,3 +335,18 @@ def test_serve_without_a_champion_is_one_line_saying_how_to_get_one(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "headstart promote" in lines[0], proc.stderr
+
+
+def test_a_port_in_use_is_one_line_naming_it(champion_project):
+    import socket
+
+    paths, _ = champion_project
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run([sys.executable, "-m", "flows.cli", "serve", "--http-port", str(free_port()), "--grpc-port",
+                    str(port)], paths.root, check=False, timeout=120, env=venv_env() | {"PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--grpc-port" in lines[0], proc.stderr

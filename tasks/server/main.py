@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import socket
 import sys
 
-from tasks.core.errors import exit_on_user_error
+from tasks.core.errors import UserError, exit_on_user_error
 from tasks.core.paths import ProjectPaths, default_paths
 
 
@@ -18,6 +19,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def check_port_free(host: str, port: int, what: str, flag: str) -> None:
+    """A one-line UserError when `host:port` cannot be listened on (in use, or not an address of this machine)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and gRPC bind
+            s.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port} for {what} ({exc.strerror or exc}); pick another port with "
+                        f"{flag}") from None
 
 
 async def serve_forever(paths: ProjectPaths, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
@@ -30,8 +42,14 @@ async def serve_forever(paths: ProjectPaths, host: str = "127.0.0.1", http_port:
     from tasks.server.inference import InferenceService
     from tasks.server.rest import build_app
 
+    check_port_free(host, http_port, "REST", "--http-port")
+    check_port_free(host, grpc_port, "gRPC", "--grpc-port")
     service = InferenceService(paths, threads=threads, batching=batching, poll_seconds=poll_seconds)
-    grpc_server = build_grpc_server(service, host, grpc_port)
+    try:
+        grpc_server = build_grpc_server(service, host, grpc_port)
+    except RuntimeError as exc:  # grpc reports a failed bind as RuntimeError
+        raise UserError(f"cannot listen on {host}:{grpc_port} for gRPC ({exc}); pick another port with --grpc-port") \
+            from None
     config = uvicorn.Config(build_app(service), host=host, port=http_port, log_level="warning", access_log=False,
                             lifespan="off")
     http_server = uvicorn.Server(config)
