@@ -89,7 +89,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(champion_project):
     paths, _ = champion_project
-    srv = Server(paths.root)
+    srv = Server(paths.root, "--instances", "1")  # one instance: concurrent requests must queue, so they batch
     yield srv
     srv.stop()
 

@@ -88,12 +88,13 @@ def classification(probs: np.ndarray, k: int, classes: tuple[str, ...]) -> np.nd
 class InferenceService:
     """V2 operations over the project's deploy repository; `snapshot` is swapped whole when a promotion lands."""
 
-    def __init__(self, paths: ProjectPaths, threads: int = 0, batching: bool = True, poll_seconds: float = 1.0):
+    def __init__(self, paths: ProjectPaths, threads: int = 0, batching: bool = True, poll_seconds: float = 1.0,
+                 instances: int = 0):
         self.paths, self.threads, self.poll_seconds = paths, threads, poll_seconds
         self.snapshot: Snapshot = load_snapshot(paths, threads)
         champion = self.snapshot.versions[self.snapshot.champion].contract
         # as many concurrent ONNX Runtime calls as the cores hold at `threads` each (Triton's instance_group count)
-        instances = max(1, resolve_threads(0) // resolve_threads(threads))
+        instances = instances or max(1, resolve_threads(0) // resolve_threads(threads))
         self.batcher = DynamicBatcher(champion.max_batch_size, champion.max_queue_delay_us, enabled=batching,
                                       instances=instances)
         self.reloads = 0

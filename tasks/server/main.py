@@ -33,7 +33,8 @@ def check_port_free(host: str, port: int, what: str, flag: str) -> None:
 
 
 async def serve_forever(paths: ProjectPaths, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-                        threads: int = 0, batching: bool = True, poll_seconds: float = 1.0) -> None:
+                        threads: int = 0, batching: bool = True, poll_seconds: float = 1.0,
+                        instances: int = 0) -> None:
     """Serve until SIGINT/SIGTERM. Guarantees: nothing listens before the champion is loaded; a missing champion is
     a one-line UserError; both listeners close on the way out."""
     import uvicorn
@@ -44,7 +45,8 @@ async def serve_forever(paths: ProjectPaths, host: str = "127.0.0.1", http_port:
 
     check_port_free(host, http_port, "REST", "--http-port")
     check_port_free(host, grpc_port, "gRPC", "--grpc-port")
-    service = InferenceService(paths, threads=threads, batching=batching, poll_seconds=poll_seconds)
+    service = InferenceService(paths, threads=threads, batching=batching, poll_seconds=poll_seconds,
+                               instances=instances)
     try:
         grpc_server = build_grpc_server(service, host, grpc_port)
     except RuntimeError as exc:  # grpc reports a failed bind as RuntimeError
@@ -72,6 +74,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--http-port", type=int, default=8000, help="V2 REST port (Triton's default 8000)")
     ap.add_argument("--grpc-port", type=int, default=8001, help="V2 gRPC port (Triton's default 8001)")
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: the machine's cores)")
+    ap.add_argument("--instances", type=int, default=0, help="ONNX Runtime calls at once (Triton's instance_group "
+                                                             "count; 0: cores / threads)")
     ap.add_argument("--no-batching", dest="batching", action="store_false",
                     help="run each request alone instead of batching concurrent ones (config.pbtxt's dynamic_batching)")
     ap.add_argument("--poll-seconds", type=float, default=1.0, help="how often the registry is checked for a new "
@@ -86,7 +90,7 @@ def run_from_args(args) -> None:
               f"port can call the model", file=sys.stderr)
     try:
         asyncio.run(serve_forever(default_paths(), args.host, args.http_port, args.grpc_port, args.threads,
-                                  args.batching, args.poll_seconds))
+                                  args.batching, args.poll_seconds, args.instances))
     except KeyboardInterrupt:
         pass
 
