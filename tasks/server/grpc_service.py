@@ -7,15 +7,15 @@ Bad requests end with INVALID_ARGUMENT, unknown models or versions with NOT_FOUN
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import grpc
-import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from tasks.server.contract import BadRequest, NotFound
 from tasks.server.inference import InferenceService, RequestedOutput, WireTensor
-from tasks.server.rest import serialize_bytes
+from tasks.server.rest import tensor_bytes
 
 # typed `contents` field per V2 datatype
 _CONTENTS = {"UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -55,8 +55,10 @@ class V2GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.service = service
 
     async def _guard(self, context, call):
+        """call(), awaited when it returns a coroutine; BadRequest/NotFound end the RPC with their one line."""
         try:
-            return call()
+            result = call()
+            return await result if inspect.isawaitable(result) else result
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
@@ -97,19 +99,12 @@ class V2GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelLoadResponse()
 
     async def ModelInfer(self, request, context):
-        try:
-            model, version, outputs = await self.service.infer(request.model_name, request.model_version or None,
-                                                               _tensors(request), _outputs(request))
-        except BadRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        model, version, outputs = await self._guard(context, lambda: self.service.infer(
+            request.model_name, request.model_version or None, _tensors(request), _outputs(request)))
         response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request.id)
         for t in outputs:
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-            response.raw_output_contents.append(
-                serialize_bytes(t.data) if t.datatype == "BYTES"
-                else np.ascontiguousarray(t.data).astype(t.data.dtype.newbyteorder("<")).tobytes())
+            response.raw_output_contents.append(tensor_bytes(t))
         return response
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core.errors import UserError
-from tasks.core.hardware import ort_providers, resolve_threads
 from tasks.core.paths import ProjectPaths
 from tasks.server.contract import ModelContract, NotFound, parse_contract, read_contract
 from tasks.serving.champions import champion_version, registry_dir, serving_dir, versions
+from tasks.serving.onnx_classifier import open_session
 from tasks.serving.triton_repo import config_pbtxt
 
 
@@ -72,15 +72,6 @@ def repository_fingerprint(paths: ProjectPaths) -> str:
     return "|".join(parts)
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = resolve_threads(threads)
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=ort_providers())
-
-
 def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | None = None) -> Snapshot:
     """Load the deploy repository and the registry's other versions; sessions of unchanged files are reused from
     `previous`. A UserError (one line) when there is no champion yet."""
@@ -108,7 +99,7 @@ def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | No
             text = config_pbtxt(model_dir.name, own["input_size"], len(own["classes"]), deploy_contract.max_batch_size)
             contract = parse_contract(text, own["classes"], f"{folder}/promotion.json")
         reused = old.get((path.stat().st_ino, contract))
-        session = reused.session if reused else _session(path, threads)
+        session = reused.session if reused else open_session(path, threads)
         served[number] = ServedVersion(number, path, contract, in_repo, session)
     if champion not in served:
         raise UserError(f"the champion v{champion:04d} has no model.onnx in {model_dir} or {registry_dir(paths)}; "

@@ -30,6 +30,13 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def tensor_bytes(t: Tensor) -> bytes:
+    """An output's values as the wire carries them: raw little-endian bytes, or length-prefixed BYTES elements."""
+    if t.datatype == "BYTES":
+        return serialize_bytes(t.data)
+    return np.ascontiguousarray(t.data).astype(t.data.dtype.newbyteorder("<")).tobytes()
+
+
 def _body(raw: bytes, encoding: str | None) -> bytes:
     if not encoding or encoding == "identity":
         return raw
@@ -101,8 +108,7 @@ def infer_response(request: dict, model: str, version: int, outputs: list[Tensor
     for t in outputs:
         entry = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         if _wants_binary(request, t.name):
-            blob = serialize_bytes(t.data) if t.datatype == "BYTES" else np.ascontiguousarray(t.data).astype(
-                t.data.dtype.newbyteorder("<")).tobytes()
+            blob = tensor_bytes(t)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

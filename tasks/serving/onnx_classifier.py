@@ -28,22 +28,28 @@ class Prediction:
     error: str = ""
 
 
+def open_session(path: Path, threads: int = 0):
+    """An ONNX Runtime session on `path` (CUDA provider when a GPU is present, `threads` intra-op threads, 0 = all
+    cores, quiet logs); a one-line UserError when the file is missing or not a loadable graph."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise UserError(f"model '{path}' not found; run the export stage first (python -m tasks.export)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = resolve_threads(threads)
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=ort_providers())
+    except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+        raise UserError(f"model '{path}' is not a loadable ONNX model ({str(exc).splitlines()[0][:120]})") from None
+
+
 class OnnxClassifier:
     """An exported headstart model loaded in ONNX Runtime (CUDA provider when a GPU is present, else CPU)."""
 
     def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"model '{self.path}' not found; run the export stage first (python -m tasks.export)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = resolve_threads(threads)
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=ort_providers())
-        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
-            raise UserError(f"model '{self.path}' is not a loadable ONNX model ({str(exc).splitlines()[0][:120]})") from None
+        self.session = open_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if "headstart.classes" not in meta:
             raise UserError(f"model '{self.path}' has no headstart metadata (headstart.classes); was it exported by "
