@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Triton's TYPE_* names -> (the V2 protocol's datatype, numpy dtype)
-DATATYPES = {"TYPE_UINT8": ("UINT8", np.uint8), "TYPE_FP32": ("FP32", np.float32), "TYPE_INT64": ("INT64", np.int64),
-             "TYPE_INT32": ("INT32", np.int32), "TYPE_FP16": ("FP16", np.float16), "TYPE_STRING": ("BYTES", object)}
+# Triton's TYPE_* names -> the V2 protocol's datatype
+DATATYPES = {"TYPE_UINT8": "UINT8", "TYPE_FP32": "FP32", "TYPE_INT64": "INT64", "TYPE_INT32": "INT32",
+             "TYPE_FP16": "FP16", "TYPE_STRING": "BYTES"}
 V2_DTYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16, "UINT32": np.uint32,
              "INT32": np.int32, "UINT64": np.uint64, "INT64": np.int64, "FP16": np.float16, "FP32": np.float32,
              "FP64": np.float64, "BOOL": np.bool_}
@@ -62,9 +62,9 @@ class ModelContract:
                 "inputs": [t.metadata() for t in self.inputs], "outputs": [t.metadata() for t in self.outputs],
                 "parameters": {"classes": list(self.classes), "max_batch_size": self.max_batch_size}}
 
-    def check_input(self, name: str, datatype: str, shape: list[int], array: np.ndarray | None = None) -> None:
-        """Raise BadRequest unless (name, datatype, shape) is what config.pbtxt declares, the batch is within
-        max_batch_size, and `array` (when given) holds exactly shape's element count."""
+    def check_input(self, name: str, datatype: str, shape: list[int]) -> None:
+        """Raise BadRequest unless (name, datatype, shape) is what config.pbtxt declares and the batch is within
+        max_batch_size (the data's size against the shape is checked when it is decoded)."""
         spec = next((t for t in self.inputs if t.name == name), None)
         if spec is None:
             raise BadRequest(f"unknown input '{name}'; model '{self.name}' takes "
@@ -80,8 +80,6 @@ class ModelContract:
         if not 1 <= shape[0] <= self.max_batch_size:
             raise BadRequest(f"batch of {shape[0]} is outside 1..{self.max_batch_size} (max_batch_size of "
                              f"'{self.name}')")
-        if array is not None and array.size != int(np.prod(shape)):
-            raise BadRequest(f"input '{name}' has {array.size} elements, shape {shape} needs {int(np.prod(shape))}")
 
     def output(self, name: str) -> TensorSpec:
         spec = next((t for t in self.outputs if t.name == name), None)
@@ -114,7 +112,7 @@ def parse_contract(config_text: str, classes: list[str], source: str = "config.p
             kind = schema.DataType.Name(t.data_type)
             if kind not in DATATYPES:
                 raise ValueError(f"{source}: tensor '{t.name}' has {kind}, which headstart serve does not support")
-            out.append(TensorSpec(t.name, DATATYPES[kind][0], tuple(int(d) for d in t.dims)))
+            out.append(TensorSpec(t.name, DATATYPES[kind], tuple(int(d) for d in t.dims)))
         return tuple(out)
 
     delay = config.dynamic_batching.max_queue_delay_microseconds if config.HasField("dynamic_batching") else 0

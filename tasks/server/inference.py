@@ -97,7 +97,6 @@ class InferenceService:
         instances = instances or max(1, resolve_threads(0) // resolve_threads(threads))
         self.batcher = DynamicBatcher(champion.max_batch_size, champion.max_queue_delay_us, enabled=batching,
                                       instances=instances)
-        self.reloads = 0
 
     # --- health and metadata ---------------------------------------------------------------------------------
     def server_metadata(self) -> dict:
@@ -171,7 +170,6 @@ class InferenceService:
         new = load_snapshot(self.paths, self.threads, previous=self.snapshot)
         old_champion = self.snapshot.champion
         self.snapshot = new
-        self.reloads += 1
         log(f"serve: repository changed; champion v{old_champion} -> v{new.champion}, "
             f"versions {sorted(new.versions)}")
         return True

@@ -10,7 +10,6 @@ that writes the deploy repository), so their clients keep working while they mov
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from tasks.core.errors import UserError
 from tasks.core.paths import ProjectPaths
 from tasks.server.contract import ModelContract, NotFound, parse_contract, read_contract
-from tasks.serving.champions import champion_version, registry_dir, serving_dir, versions
+from tasks.serving.champions import champion_version, registry_dir, serving_dir, version_contract, versions
 from tasks.serving.onnx_classifier import open_session
 from tasks.serving.triton_repo import config_pbtxt
 
@@ -95,7 +94,7 @@ def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | No
         if in_repo:
             contract = deploy_contract
         else:
-            own = json.loads((folder / "promotion.json").read_text()).get("contract", {})
+            own = version_contract(folder)
             text = config_pbtxt(model_dir.name, own["input_size"], len(own["classes"]), deploy_contract.max_batch_size)
             contract = parse_contract(text, own["classes"], f"{folder}/promotion.json")
         reused = old.get((path.stat().st_ino, contract))

@@ -84,7 +84,8 @@ def holdout_keys(paths: ProjectPaths) -> set[str]:
     return keys
 
 
-def _contract(folder: Path) -> dict:
+def version_contract(folder: Path) -> dict:
+    """A promoted version's contract ({"classes": [...], "input_size": S}) from its promotion.json."""
     return json.loads((folder / "promotion.json").read_text()).get("contract", {})
 
 
@@ -105,7 +106,7 @@ def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, te
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "promotion.json").write_text(json.dumps(record | {"version": version, "contract": contract}, indent=2))
         (tmp / "test_keys.json").write_text(json.dumps(sorted(test_keys)))
-    same = {v: folder / "model.onnx" for v, folder in versions(paths).items() if _contract(folder) == contract}
+    same = {v: folder / "model.onnx" for v, folder in versions(paths).items() if version_contract(folder) == contract}
     write_triton_repo(serving_dir(paths), params.export.triton_name, classes, params.backbone.input_size,
                       params.export.triton_max_batch_size, same, durable=True)
     if len(same) < len(versions(paths)):
