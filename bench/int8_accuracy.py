@@ -108,7 +108,7 @@ def main() -> None:
 
     from tasks.core.params import load_params
     from tasks.core.paths import ProjectPaths
-    from tasks.dataset.manifest_images import split_images
+    from tasks.dataset.manifest_samples import split_images
     from tasks.serving.int8 import quantize_int8
     from tasks.serving.onnx_classifier import OnnxClassifier
 

@@ -101,7 +101,7 @@ def main() -> None:
 
     from tasks.core.params import load_params
     from tasks.core.paths import default_paths
-    from tasks.dataset.manifest_images import split_images
+    from tasks.dataset.manifest_samples import split_images
     from tasks.serving.champions import champion_model
 
     paths, params = default_paths(), load_params()

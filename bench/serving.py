@@ -20,7 +20,7 @@ import torch
 
 from tasks.core.params import load_params
 from tasks.core.paths import default_paths
-from tasks.dataset.manifest_images import split_images
+from tasks.dataset.manifest_samples import split_images
 from tasks.model.head_format import Head
 from tasks.model.shipped_model import build_classifier
 from tasks.serving.int8 import quantize_int8

@@ -55,7 +55,7 @@ from tasks.core.params import PARAMS_FILE, Params, load_params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.dataset.manifest import read_manifest
-from tasks.dataset.manifest_images import parity_images
+from tasks.dataset.manifest_samples import parity_images
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.engines import resolve_engine
 from tasks.extraction.feature_store import FeatureStore, acquire, open_store
@@ -177,7 +177,7 @@ def extract_features_distributed(root: str | None = None, shards: int = 2, addre
     try:
         store.clean_orphans()
         salvaged, _ = merge_parts(store, params.features.shard_size)  # leftovers of an interrupted run
-        todo = store.missing_images(manifest, paths.root)
+        todo = store.missing_samples(manifest, paths.root)
         chunks = split_chunks(todo, shards, params.features.batch_size)
         files = 0
         if chunks:

@@ -21,13 +21,14 @@ from flows.train import STAGE_TASKS, STAGES
 from tasks.core.params import PARAMS_FILE, Params, load_params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.dataset.changes import detect_changes
+from tasks.model.backbone_catalog import modality_of
 from tasks.serving.champions import champion_model, champion_version
 from tasks.serving.promotion import judge_and_publish
 
 
 @task(name="detect-changes")
 def detect_task(params: Params, paths: ProjectPaths):
-    return detect_changes(params, paths)
+    return detect_changes(params, paths, modality_of(params.backbone))
 
 
 @task(name="judge-and-publish")

@@ -27,7 +27,7 @@ from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.dataset.manifest_images import load_rows
+from tasks.dataset.manifest_samples import holds_texts, load_rows
 from tasks.extraction.feature_store import open_store
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
@@ -94,10 +94,11 @@ def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str)
         if cached is not None:
             probs, check = cached
             return probs, (f"{rel}: its head sub-graph on cached features computed by its own backbone graph; the "
-                           f"whole graph from image files agrees on {check['images']} images (max |dp| "
+                           f"whole graph from the samples agrees on {check['images']} of them (max |dp| "
                            f"{check['max_abs_diff_probs']:.1e})"), check
     images = load_rows(rows, paths, clf.input_size, clf.resize, params.ingest.max_pixels)
-    return clf.probs_batched(images), f"{rel} via ONNX Runtime from image files", {}
+    source = "the manifest's texts" if clf.modality == "text" else "image files"
+    return clf.probs_batched(images), f"{rel} via ONNX Runtime from {source}", {}
 
 
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
@@ -125,7 +126,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     metrics, per_class = compute_metrics(y, pred, head.classes)
     if metrics["classes_absent"]:
         log(f"evaluate: warning: class(es) {', '.join(metrics['classes_absent'])} have no image in the {split} split: "
-            f"averages cover the {len(per_class)} classes present; add {split} images of them to score them")
+            f"averages cover the {len(per_class)} classes present; add {split} samples of them to score them")
     how = {"split": split, "artifact": scored, "classes_absent": metrics.pop("classes_absent")}
     metrics = {k: metrics[k] for k in HEADLINE} | {"n": int(len(y))}
     if end_to_end:
@@ -149,7 +150,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     write_model_card(params, paths, manifest, metrics | how, per_class)
     int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
     log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
-        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} images ({scored}){int8} in "
+        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} {'texts' if holds_texts(rows) else 'images'} ({scored}){int8} in "
         f"{time.perf_counter() - t0:.1f}s -> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, "
         f"{png.relative_to(paths.root)}")
     return EvaluateSummary(split, int(len(y)), metrics["accuracy"], metrics["f1_macro"],

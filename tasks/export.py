@@ -3,7 +3,9 @@
 The graph takes `images`: uint8 RGB, NHWC, (batch, S, S, 3) at the backbone's input size S (resize on the client:
 `tasks.images.load_uint8` is the reference), and returns `logits` and `probs` (batch, classes). NHWC uint8 is what
 image decoders produce, a quarter of the bytes of float32 on the wire, and keeps normalisation inside the graph
-so no client can get it wrong. The batch axis is dynamic. Class names, input contract and provenance are stored in
+so no client can get it wrong. A text model takes `texts`: a batch of UTF-8 strings, with the tokenizer (truncation to
+`backbone.max_length`, padding) inside the graph (`tasks.model.tokenizer_graph`); running it needs the
+onnxruntime-extensions op library registered with the session. The batch axis is dynamic. Class names, input contract and provenance are stored in
 the model's metadata_props; `models/labels.txt` lists classes one per line (Triton's label file format).
 
 How the graph is made depends on what ships:
@@ -36,10 +38,11 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
-from tasks.dataset.manifest_images import parity_images, split_images
+from tasks.dataset.manifest_samples import parity_images, split_images
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.feature_store import open_store
 from tasks.extraction.fingerprint import feature_recipe
+from tasks.model.backbone_catalog import modality_of
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
 from tasks.model.head_graph import compose_classifier
@@ -70,6 +73,18 @@ def _git_commit(root: Path) -> str:
         return "unknown"
 
 
+def input_contract(params: Params) -> dict:
+    """What the graph takes, as stored in its metadata (`headstart.input`) and read by every client."""
+    p = params.backbone
+    if modality_of(p) == "text":
+        return {"name": "texts", "dtype": "string", "modality": "text", "max_length": p.max_length,
+                "note": "UTF-8 strings, one text per item; normalise as ingest does (NFC, LF, stripped); "
+                        "tokenizing, truncation and padding are in the graph"}
+    return {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB", "modality": "image",
+            "size": [p.input_size, p.input_size], "resize": p.resize,
+            "note": "resize on the client; scaling and normalisation are in the graph"}
+
+
 def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str, str]:
     """metadata_props written into the ONNX model (all values are strings, JSON where structured)."""
     head_file = paths.models / "head.json"  # validation metrics of the head (test metrics come after, in evaluate)
@@ -81,9 +96,7 @@ def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str,
     p = params.backbone
     return {
         "headstart.classes": json.dumps(head.classes),
-        "headstart.input": json.dumps({"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB",
-                                       "size": [p.input_size, p.input_size], "resize": p.resize,
-                                       "note": "resize on the client; scaling and normalisation are in the graph"}),
+        "headstart.input": json.dumps(input_contract(params)),
         "headstart.outputs": json.dumps({"logits": "raw scores (batch, classes)", "probs": "softmax of logits"}),
         "headstart.backbone": json.dumps(feature_recipe(p, params.seed)),
         "headstart.fingerprint": head.fingerprint,
@@ -103,9 +116,13 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
     p = params.export
     out_dir = paths.models / "int8"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not p.int8:
+    text = modality_of(params.backbone) == "text"
+    if not p.int8 or text:
         (out_dir / "model.onnx").unlink(missing_ok=True)
-        report = {"enabled": False, "reason": "export.int8 is false"}
+        report = {"enabled": False, "reason": "export.int8 is false" if not p.int8 else
+                  "int8 quantisation is calibrated on images; text models ship fp32"}
+        if p.int8:
+            log(f"export: int8 skipped: {report['reason']}")
     else:
         from tasks.serving.int8 import build_int8
 
@@ -141,12 +158,12 @@ def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
 def _torch_graph(params: Params, paths: ProjectPaths, head: Head, state: dict,
                  staging: Path) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
     """The fine-tuned model exported from torch; its parity reference is torch eager."""
-    from tasks.model.onnx_export import export_onnx
+    from tasks.model.modality import export_graph
     from tasks.model.shipped_model import build_classifier
 
     model = build_classifier(params, head, state)
-    export_onnx(model, staging, params.backbone.input_size, ["logits", "probs"], params.export.opset)
-    return onnx.load(str(staging)), {}, (torch_probs(model), "torch eager")
+    export_graph(model, staging, params, ["logits", "probs"])
+    return onnx.load(str(staging)), {}, (torch_probs(params, model), "torch eager")
 
 
 def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: Path) -> ParityReport:
@@ -190,9 +207,12 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
                                 "labels": paths.labels.relative_to(paths.root).as_posix(),
                                 "opset": params.export.opset, "int8_accepted": bool(int8.get("accepted", False))}
     atomic_write_text(paths.metrics / "export.json", json.dumps(record, indent=2))
+    contract = input_contract(params)
+    takes = (f"strings, {contract['max_length']} tokens" if contract["modality"] == "text" else
+             f"uint8 NHWC {params.backbone.input_size}px")
     log(f"export: {paths.onnx.relative_to(paths.root)} ({size_mb:.1f} MB, {len(head.classes)} classes, input "
-        f"uint8 NHWC {params.backbone.input_size}px), a candidate; parity with {report.reference} on "
-        f"{report.images} images at batch {report.batch_sizes}: max |dp| {report.max_abs_diff_probs:.1e}, "
+        f"{takes}), a candidate; parity with {report.reference} on "
+        f"{report.images} samples at batch {report.batch_sizes}: max |dp| {report.max_abs_diff_probs:.1e}, "
         f"argmax agree {report.argmax_agree}; {summary.seconds:.1f}s")
     return summary
 

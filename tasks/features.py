@@ -1,4 +1,5 @@
-"""Stage `features`: extract pooled backbone features for every manifest image not already in the feature store.
+"""Stage `features`: extract pooled backbone features for every manifest sample (image or text) not already in the
+feature store.
 
 Reads `data/prepared/manifest.parquet`; writes `data/features/<fingerprint>/` (see
 `tasks.extraction.feature_store`). Only images whose sha256 has no row yet are decoded and run, so renames cost
@@ -18,7 +19,7 @@ from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, read_rejected
-from tasks.dataset.manifest_images import parity_images
+from tasks.dataset.manifest_samples import holds_texts, parity_images
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.engines import resolve_engine
 from tasks.extraction.extract import extract_to_store, make_engine
@@ -53,7 +54,7 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     lock = acquire(store)
     try:
         store.clean_orphans()
-        todo = store.missing_images(manifest, paths.root)
+        todo = store.missing_samples(manifest, paths.root)
         engine_name = resolve_engine(params.features.engine)
         sample = lambda: parity_images(params, paths)  # noqa: E731
         if todo:
@@ -70,8 +71,9 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     rejected = len(read_rejected(paths))
     summary = FeaturesSummary(store.fingerprint, str(store.dir), engine_name, n_unique, n_unique - len(todo),
                               len(todo), rejected, seconds, len(todo) / seconds if todo else 0.0)
-    log(f"features: {summary.images} images, {summary.cache_hits} cache hits, {summary.extracted} extracted, "
-        f"{rejected} rejected by ingest [{engine_name}] in {seconds:.1f}s ({summary.images_per_s:.1f} img/s) "
+    noun, unit = ("texts", "texts/s") if holds_texts(manifest) else ("images", "img/s")
+    log(f"features: {summary.images} {noun}, {summary.cache_hits} cache hits, {summary.extracted} extracted, "
+        f"{rejected} rejected by ingest [{engine_name}] in {seconds:.1f}s ({summary.images_per_s:.1f} {unit}) "
         f"-> {Path(summary.store).name}")
     return summary
 

@@ -59,7 +59,7 @@ def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
                                                                                 "fingerprint": fp}, indent=2))
     val = f"{val_acc:.3f}" if val_acc is not None else "n/a"
     what = f"mlp ({len(head.layers[0][1])} hidden)" if head.kind == "mlp" else f"{head.kind} (C={params.head.C})"
-    log(f"head: {what} on {len(y)} train images, {len(classes)} classes: "
+    log(f"head: {what} on {len(y)} train samples, {len(classes)} classes: "
         f"train acc {train_acc:.3f}, val acc {val} in {summary.seconds:.1f}s -> {paths.head.relative_to(paths.root)}")
     return summary
 

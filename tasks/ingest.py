@@ -1,8 +1,9 @@
-"""Stage `ingest`: a folder of labelled images (or a CSV of path,label) -> a validated, split manifest.
+"""Stage `ingest`: a folder of labelled images or texts (or a CSV of them) -> a validated, split manifest.
 
-Outputs `data/prepared/manifest.parquet` (path, label, split, sha256, width, height, group) and
-`data/prepared/rejected.csv` (path, label, reason). Bad files are rejected with a reason, never fatal; mistakes in the
-data layout as a whole (an empty class, a val label unseen in train) are one-line errors.
+Outputs `data/prepared/manifest.parquet` (schema in `tasks.dataset.manifest`) and `data/prepared/rejected.csv`
+(path, label, reason). Bad files are rejected with a reason, never fatal; mistakes in the data layout as a whole (an
+empty class, a val label unseen in train, text data under an image backbone) are one-line errors. What is read (images
+or texts) follows the backbone's modality; texts are decoded and normalised by `tasks.dataset.texts`.
 
 Splits are stratified per class, seeded, and grouped: files whose stem matches the same `ingest.group_pattern` key
 (e.g. `cat_01.png`, `cat_02.png`) always share a split, so near-duplicate variants cannot leak from train into test.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import stat as stat_module
 import time
@@ -34,6 +36,10 @@ from tasks.dataset.images import check_image
 from tasks.dataset.manifest import MANIFEST_COLUMNS, SPLITS, split_rows
 from tasks.dataset.sources import Candidate, list_candidates, resolve_source
 from tasks.dataset.splits import assign_splits, group_key, warn_classes_missing_splits, warn_collapsed_groups
+from tasks.dataset.texts import check_decoded, decode_text
+from tasks.model.backbone_catalog import modality_of
+
+NOUNS = {"image": "images", "text": "texts"}
 
 
 @dataclass
@@ -52,6 +58,25 @@ class IngestSummary:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+def _read_regular(c: Candidate, limit: int, key: str) -> tuple[bytes | None, os.stat_result | None]:
+    """(bytes, stat) of a regular file within `limit` bytes; else (None, None) with `c.reason` set (a CSV can name
+    /dev/zero or a FIFO: such files are never read)."""
+    try:
+        st = c.path.stat()
+        if not stat_module.S_ISREG(st.st_mode):
+            c.reason = "not a regular file (a device, FIFO, socket or folder)"
+            return None, None
+        if st.st_size > limit:
+            c.reason = f"too big: {st.st_size:,} bytes > limit {limit:,} ({key}); not read"
+            return None, None
+        return c.path.read_bytes(), st
+    except FileNotFoundError:
+        c.reason = "file not found"
+    except OSError as exc:
+        c.reason = f"unreadable ({exc.strerror})"
+    return None, None
+
+
 def _inspect(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], hashes: HashCache) -> Candidate:
     """Hash the bytes and (unless this exact content was validated before) fully decode the image. A file whose
     size and mtime have not moved since it was hashed, with content validated before, is not read at all. Only
@@ -60,21 +85,8 @@ def _inspect(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], h
     if cached in known:
         c.sha256, (c.width, c.height) = cached, known[cached]
         return c
-    try:
-        st = c.path.stat()
-        if not stat_module.S_ISREG(st.st_mode):
-            c.reason = "not a regular file (a device, FIFO, socket or folder)"
-            return c
-        if st.st_size > p.max_file_bytes:
-            c.reason = (f"too big: {st.st_size:,} bytes > limit {p.max_file_bytes:,} (ingest.max_file_bytes); "
-                        f"not read")
-            return c
-        data = c.path.read_bytes()
-    except FileNotFoundError:
-        c.reason = "file not found"
-        return c
-    except OSError as exc:
-        c.reason = f"unreadable ({exc.strerror})"
+    data, st = _read_regular(c, p.max_file_bytes, "ingest.max_file_bytes")
+    if data is None:
         return c
     c.sha256 = hashlib.sha256(data).hexdigest()
     hashes.remember(c.path, (st.st_size, st.st_mtime_ns), c.sha256)
@@ -83,6 +95,22 @@ def _inspect(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], h
         return c
     check = check_image(io.BytesIO(data), p.max_pixels)
     c.width, c.height, c.reason = check.width, check.height, check.reason
+    return c
+
+
+def _inspect_text(c: Candidate, p: IngestParams) -> Candidate:
+    """Decode, check and normalise one text (a file, or a CSV cell); its sha256 is that of the normalised text."""
+    if c.text is not None:
+        check = check_decoded(c.text, p.max_text_bytes)
+    else:
+        data, _ = _read_regular(c, p.max_text_bytes, "ingest.max_text_bytes")
+        if data is None:
+            return c
+        check = decode_text(data, p.text_encoding, p.max_text_bytes)
+    c.reason = check.reason
+    if not check.reason:
+        c.text, c.sha256 = check.text, check.sha256
+        c.width, c.height = len(check.text), check.text.count("\n") + 1
     return c
 
 
@@ -101,11 +129,13 @@ def _previous(paths: ProjectPaths) -> tuple[pd.DataFrame | None, dict[str, tuple
 
 
 def _inspect_all(candidates: list[Candidate], p: IngestParams, known: dict[str, tuple[int, int]],
-                 hashes: HashCache) -> list[Candidate]:
+                 hashes: HashCache, modality: str) -> list[Candidate]:
     """Hash and check every candidate in `p.workers` threads, with a progress bar."""
-    with Progress(len(candidates), "ingest: checking images") as bar, ThreadPoolExecutor(p.workers) as pool:
+    inspect = (lambda c: _inspect(c, p, known, hashes)) if modality == "image" else (lambda c: _inspect_text(c, p))
+    with Progress(len(candidates), f"ingest: checking {NOUNS[modality]}") as bar, \
+            ThreadPoolExecutor(p.workers) as pool:
         inspected = []
-        for c in pool.map(lambda c: _inspect(c, p, known, hashes), candidates):
+        for c in pool.map(inspect, candidates):
             inspected.append(c)
             bar.update(1)
     hashes.save(keep={str(c.path) for c in candidates})
@@ -127,7 +157,7 @@ def _keep_unique(inspected: list[Candidate], rejected: list[Candidate]) -> list[
         if len({c.label for c in same}) > 1:
             for c in same:
                 other = next(o for o in same if o.label != c.label)
-                c.reason = f"label conflict: same bytes as {other.rel}, labelled '{other.label}'"
+                c.reason = f"label conflict: same content as {other.rel}, labelled '{other.label}'"
             rejected += same
             continue
         good.append(same[0])
@@ -137,15 +167,17 @@ def _keep_unique(inspected: list[Candidate], rejected: list[Candidate]) -> list[
     return sorted(good, key=lambda c: c.rel)
 
 
-def _require_every_class(good: list[Candidate], seen: list[Candidate], p: IngestParams, source_is_dir: bool) -> None:
-    """One-line error for a class with no usable image, or no usable image at all."""
+def _require_every_class(good: list[Candidate], seen: list[Candidate], p: IngestParams, source_is_dir: bool,
+                         noun: str) -> None:
+    """One-line error for a class with no usable sample, or no usable sample at all."""
     usable = {c.label for c in good}
     for label in sorted({c.label for c in seen if c.label}):
         if label not in usable:
             where = f"{p.source}/{label}" if source_is_dir else f"label '{label}' in {p.source}"
-            raise UserError(f"class '{label}' ({where}) has no usable images; add images or remove the class")
+            raise UserError(f"class '{label}' ({where}) has no usable {noun} (see data/prepared/rejected.csv for why); "
+                            f"add {noun} or remove the class")
     if not good:
-        raise UserError(f"ingest.source: '{p.source}' contains no usable images")
+        raise UserError(f"ingest.source: '{p.source}' contains no usable {noun}")
 
 
 def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | None) -> pd.DataFrame:
@@ -160,7 +192,9 @@ def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | No
             "sha256": [c.sha256 for c in good],
             "width": np.array([c.width for c in good], dtype=np.int32),
             "height": np.array([c.height for c in good], dtype=np.int32),
-            "group": [group_key(c.rel, pattern) for c in good],
+            "group": [c.group or (f"text:{c.sha256[:16]}" if "#L" in c.rel and c.text is not None
+                                  else group_key(c.rel, pattern)) for c in good],
+            "text": pd.Series([c.text for c in good], dtype=object),
         }
     )
     warn_collapsed_groups(df, p)
@@ -170,8 +204,8 @@ def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | No
     for s in ("val", "test"):
         unseen = sorted(set(split_rows(df, s)["label"]) - train_labels)
         if unseen:
-            raise UserError(f"label '{unseen[0]}' appears in {s} but has no train images ({p.source}); "
-                            f"add train images for it or drop it")
+            raise UserError(f"label '{unseen[0]}' appears in {s} but has no train samples ({p.source}); "
+                            f"add train samples for it or drop it")
     return df[MANIFEST_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
 
 
@@ -188,7 +222,7 @@ def _write(df: pd.DataFrame, rejected: list[Candidate], paths: ProjectPaths) -> 
 
 
 def _summarise(df: pd.DataFrame, rejected: list[Candidate], n_files: int, seconds: float,
-               paths: ProjectPaths) -> IngestSummary:
+               paths: ProjectPaths, noun: str) -> IngestSummary:
     reasons: dict[str, int] = {}
     for c in rejected:
         key = c.reason.split(" (")[0].split(" of ")[0].split(":")[0]
@@ -206,7 +240,7 @@ def _summarise(df: pd.DataFrame, rejected: list[Candidate], n_files: int, second
         reasons=reasons,
     )
     why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
-    log(f"ingest: {summary.n_usable} images in {len(summary.classes)} classes "
+    log(f"ingest: {summary.n_usable} {noun} in {len(summary.classes)} classes "
         f"(train {summary.per_split['train']}, val {summary.per_split['val']}, test {summary.per_split['test']}), "
         f"{summary.n_rejected} rejected{f' ({why})' if why else ''} -> {paths.rejected.relative_to(paths.root)}; "
         f"{summary.seconds:.1f}s")
@@ -223,18 +257,20 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     p = params.ingest
     t0 = time.perf_counter()
     source = resolve_source(p, paths.root)
-    listing = list_candidates(source, p, paths.root)
+    modality = modality_of(params.backbone)
+    listing = list_candidates(source, p, paths.root, modality, params.backbone.name)
     candidates, rejected = listing.candidates, listing.rejected  # `rejected`: by their name alone, so far
     n_files = len(candidates) + len(rejected)
     for name in listing.empty_classes:
-        log(f"ingest: warning: class folder '{name}' in {p.source} is empty; it is not a class until it has images")
+        log(f"ingest: warning: class folder '{name}' in {p.source} is empty; it is not a class until it has "
+            f"{NOUNS[modality]}")
     previous, known = _previous(paths)
-    inspected = _inspect_all(candidates, p, known, HashCache(paths.hashes))
+    inspected = _inspect_all(candidates, p, known, HashCache(paths.hashes), modality)
     good = _keep_unique(inspected, rejected)
-    _require_every_class(good, inspected + rejected, p, source.is_dir())
+    _require_every_class(good, inspected + rejected, p, source.is_dir(), NOUNS[modality])
     df = _manifest(good, params, previous)
     _write(df, rejected, paths)
-    return _summarise(df, rejected, n_files, time.perf_counter() - t0, paths)
+    return _summarise(df, rejected, n_files, time.perf_counter() - t0, paths, NOUNS[modality])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,12 +112,13 @@ def _triton_schema():
 def test_triton_repository_parses_against_tritons_schema_and_matches_the_graph(exported, tmp_path):
     from google.protobuf import text_format
 
-    from tasks.serving.triton_repo import write_triton_repo
+    from tasks.serving.triton_repo import model_contract, write_triton_repo
 
     paths, params, session, _, _ = exported
     schema = _triton_schema()
     classes = [c for c in paths.labels.read_text().split("\n") if c]
-    folder = write_triton_repo(tmp_path, params.export.triton_name, classes, params.backbone.input_size,
+    folder = write_triton_repo(tmp_path, params.export.triton_name,
+                               model_contract(classes, "image", params.backbone.input_size),
                                params.export.triton_max_batch_size, {1: paths.onnx})
     assert not (paths.models / "triton").exists()  # export builds a candidate only; promotion publishes
     config = text_format.Parse((folder / "config.pbtxt").read_text(), schema.ModelConfig())

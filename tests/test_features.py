@@ -290,6 +290,6 @@ def test_a_layer_list_is_each_layer_pooled_and_concatenated_through_features_hea
 
 
 def _parity_sample(params, paths):
-    from tasks.dataset.manifest_images import parity_images
+    from tasks.dataset.manifest_samples import parity_images
 
     return parity_images(params, paths)

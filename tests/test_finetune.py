@@ -17,7 +17,7 @@ import torch
 
 from tasks.core.errors import UserError
 from tasks.dataset.manifest import read_manifest
-from tasks.dataset.manifest_images import load_rows
+from tasks.dataset.manifest_samples import load_rows
 from tasks.model.backbones import build_backbone
 from tasks.model.head_format import Head
 from tasks.model.image_model import ImageModel

@@ -48,7 +48,8 @@ def test_bad_files_are_listed_with_reasons_and_the_run_finishes(tmp_path, clipar
     dup_reason = reasons.get("copy_of_animal.png") or reasons[good.name]
     assert dup_reason.startswith("duplicate of")
     manifest = pd.read_parquet(paths.manifest)
-    assert list(manifest.columns) == ["path", "label", "split", "sha256", "width", "height", "group"]
+    assert list(manifest.columns) == ["path", "label", "split", "sha256", "width", "height", "group", "text"]
+    assert manifest["text"].isna().all()  # images carry no text
     assert manifest["sha256"].is_unique
     assert not set(manifest["path"].map(lambda p: Path(p).name)) & {"corrupt.png", "empty.png", "notes.jpg", "huge.png"}
     assert summary.n_usable == len(manifest) == 3 * 12
@@ -108,7 +109,7 @@ def test_csv_label_in_val_not_in_train_is_an_error(tmp_path, clipart_raw):
     csv = tmp_path / "labels.csv"
     pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(csv, index=False)
     paths = make_project(tmp_path / "proj", None, [f"ingest.source={csv}"])
-    with pytest.raises(UserError, match="label 'b' appears in val but has no train images"):
+    with pytest.raises(UserError, match="label 'b' appears in val but has no train samples"):
         run_ingest(project_params(paths), paths)
 
 
@@ -120,8 +121,8 @@ def test_same_bytes_under_two_labels_are_both_rejected_as_a_label_conflict(tmp_p
     run_ingest(project_params(paths), paths)
     rej = pd.read_csv(paths.rejected).set_index("path")
     a, b = f"data/raw/{twin.relative_to(raw).as_posix()}", "data/raw/food/twin.png"
-    assert rej.loc[a, "reason"] == f"label conflict: same bytes as {b}, labelled 'food'"
-    assert rej.loc[b, "reason"] == f"label conflict: same bytes as {a}, labelled 'animals'"
+    assert rej.loc[a, "reason"] == f"label conflict: same content as {b}, labelled 'food'"
+    assert rej.loc[b, "reason"] == f"label conflict: same content as {a}, labelled 'animals'"
     assert not set(pd.read_parquet(paths.manifest)["path"]) & {a, b}
 
 
@@ -134,7 +135,7 @@ def test_an_empty_class_folder_and_a_class_too_small_for_every_split_are_named(t
     summary = run_ingest(project_params(paths), paths)
     err = capfd.readouterr().err
     assert "class folder 'ghosts'" in err and "is empty" in err
-    assert "class 'lonely' has only 1 image(s) (1 group(s)): 1 in train, none in val or test" in err
+    assert "class 'lonely' has only 1 sample(s) (1 group(s)): 1 in train, none in val or test" in err
     assert "ghosts" not in summary.classes and summary.per_class["lonely"] == 1
 
 

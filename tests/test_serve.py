@@ -95,7 +95,7 @@ def server(champion_project):
 
 
 def _held_out(paths, params, n: int = 48):
-    from tasks.dataset.manifest_images import split_images
+    from tasks.dataset.manifest_samples import split_images
 
     images, labels = split_images(params, paths, "test", n)
     assert len(images) == n

@@ -31,3 +31,25 @@ def ort_providers() -> list[str]:
     avail = ort.get_available_providers()
     out = ["CUDAExecutionProvider"] if cuda_available() and "CUDAExecutionProvider" in avail else []
     return out + ["CPUExecutionProvider"]
+
+
+def extension_ops_library() -> str | None:
+    """The path of onnxruntime-extensions' custom-op library (what its `get_library_path()` returns), found without
+    importing the package: its `__init__` imports torch and transformers (~7 s), which predict and serve must not pay.
+    None where the package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnxruntime_extensions")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "_extensions_pydll*.so"))
+                   + glob.glob(os.path.join(spec.submodule_search_locations[0], "_extensions_pydll*.pyd")))
+    return found[0] if found else None
+
+
+def add_extension_ops(opts) -> None:
+    """Register onnxruntime-extensions' custom ops (a text model's in-graph tokenizer, domain ai.onnx.contrib) with
+    ONNX Runtime session options; a no-op where the package is absent (then only image graphs load)."""
+    library = extension_ops_library()
+    if library is not None:
+        opts.register_custom_ops_library(library)

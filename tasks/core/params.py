@@ -18,6 +18,7 @@ from tasks.core.errors import UserError
 PARAMS_FILE = "params.yaml"
 DEFAULT_MAX_PIXELS = 40_000_000  # ingest.max_pixels' default, and the limit a client decoding for the model uses
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # ingest's default; predict's
+TEXT_EXTENSIONS = (".txt", ".text")  # ingest's default for a text backbone; predict's
 
 
 class _Section(BaseModel):
@@ -25,7 +26,8 @@ class _Section(BaseModel):
 
 
 class IngestParams(_Section):
-    source: str = Field("data/raw", description="ImageFolder root (<class>/<files>) or a CSV with path,label[,split]")
+    source: str = Field("data/raw", description="a folder (<class>/<files>) or a CSV with path,label[,split] (text: "
+                                                "text,label[,split] also, the text inline)")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     group_pattern: str | None = Field(
@@ -34,9 +36,25 @@ class IngestParams(_Section):
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, le=178_956_970,
                             description="reject images with more pixels than this (Pillow refuses beyond 179 MP)")
-    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    extensions: list[str] | None = Field(
+        None, description="file extensions a folder source is read for; null = the backbone's modality's "
+                          f"({' '.join(IMAGE_EXTENSIONS)} for images, {' '.join(TEXT_EXTENSIONS)} for text)")
     max_file_bytes: int = Field(256 * 2**20, gt=0, description="reject files larger than this before reading them")
+    max_text_bytes: int = Field(2**20, gt=0, description="text: reject a text (file or CSV cell) larger than this")
+    text_encoding: str = Field("utf-8", description="text: the files' declared encoding (a byte-order mark "
+                                                    "overrides it); a file that does not decode is rejected")
     workers: int = Field(2, ge=1, description="threads decoding images to validate them")
+
+    @field_validator("text_encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8, cp1252, latin-1)") from None
+        return v
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> "IngestParams":
@@ -46,18 +64,23 @@ class IngestParams(_Section):
 
 
 class BackboneParams(_Section):
-    name: str = Field("tf_efficientnet_lite0", description="a catalog name, or timm:<name> / torchvision:<name>")
+    name: str = Field("tf_efficientnet_lite0", description="a catalog name, timm:<name> / torchvision:<name>, or "
+                                                           "hf:<local folder> (a BERT-family text checkpoint)")
     weights: str = Field(
         "default",
         description="default (the catalog's source), package, random, file:<path>, or hub[:<tag>] (needs internet)",
     )
-    input_size: int = Field(224, ge=32, le=1024)
+    input_size: int = Field(224, ge=32, le=1024, description="images: pixels per side")
     resize: Literal["pad", "crop", "squash"] = Field(
         "pad", description="pad: letterbox on white; crop: shorter side then centre crop; squash: ignore aspect"
     )
     layer: str | list[str] = Field(
         "pooled", description="pooled (penultimate layer), a module name (e.g. blocks.4 / layer3) whose output is "
                               "global-average-pooled, or a list of them, each pooled, concatenated in that order")
+    max_length: int = Field(256, ge=8, le=8192, description="text: tokens per text including [CLS] and [SEP]; "
+                                                            "longer texts are truncated (the final [SEP] kept)")
+    pooling: Literal["mean", "cls"] = Field("mean", description="text: mean of the token vectors (attention-masked; "
+                                                                "sentence-transformers' pooling) or the [CLS] vector")
 
     @field_validator("layer")
     @classmethod

@@ -16,7 +16,7 @@ def log(msg: str) -> None:
 class Progress:
     """Counts work done; renders as tqdm on a TTY, else logs at most every `every_s` seconds and at the end."""
 
-    def __init__(self, total: int, desc: str, unit: str = "img", every_s: float = 10.0):
+    def __init__(self, total: int, desc: str, unit: str = "it", every_s: float = 10.0):
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.done = 0
         self.start = self._last = time.perf_counter()

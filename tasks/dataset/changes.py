@@ -12,6 +12,7 @@ from tasks.core.paths import ProjectPaths
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_rejected
 from tasks.dataset.sources import list_sources
+from tasks.dataset.texts import check_decoded, decode_text
 
 
 @dataclass
@@ -30,12 +31,23 @@ class DataChanges:
         return f"{len(self.new)} new, {len(self.changed)} changed, {len(self.removed)} removed"
 
 
-def detect_changes(params: Params, paths: ProjectPaths) -> DataChanges:
+def _content_sha256(c, params: Params, modality: str, hashes: HashCache) -> str:
+    """The manifest key of a candidate's content now: the file's bytes for an image, the normalised text for text."""
+    if modality == "image":
+        return hashes.sha256(c.path)
+    p = params.ingest
+    check = check_decoded(c.text, p.max_text_bytes) if c.text is not None else \
+        decode_text(c.path.read_bytes(), p.text_encoding, p.max_text_bytes)
+    return check.sha256 if not check.reason else ""
+
+
+def detect_changes(params: Params, paths: ProjectPaths, modality: str = "image") -> DataChanges:
     """Compare the files under `ingest.source` with the manifest and the rejection list of the last ingest.
 
     Changed: a used file whose bytes differ, a rejected file whose size or mtime moved (fixed in place, say), or a
-    file whose label is not the one it had (a CSV row relabelled, a file moved between class folders)."""
-    listing = list_sources(params.ingest, paths.root)
+    file whose label is not the one it had (a CSV row relabelled, a file moved between class folders). `modality`
+is the backbone's (`tasks.model.backbone_catalog.modality_of`): it says what the source is read for."""
+    listing = list_sources(params.ingest, paths.root, modality, params.backbone.name)
     known: dict[str, tuple[str, str]] = {}
     if paths.manifest.exists():
         m = pd.read_parquet(paths.manifest)
@@ -50,7 +62,7 @@ def detect_changes(params: Params, paths: ProjectPaths) -> DataChanges:
         present.add(c.rel)
         if c.rel in known:
             sha, label = known[c.rel]
-            if c.label != label or (c.path.exists() and hashes.sha256(c.path) != sha):
+            if c.label != label or (c.path.exists() and _content_sha256(c, params, modality, hashes) != sha):
                 out.changed.append(c.rel)
         elif c.rel in rejected:
             label, size, mtime = rejected[c.rel]

@@ -1,6 +1,16 @@
 """The manifest and the rejection list that ingest writes, and how every other stage reads them.
 
-`data/prepared/manifest.parquet`: one row per usable sample (path, label, split, sha256, width, height, group);
+`data/prepared/manifest.parquet`: one row per usable sample, one schema for both modalities:
+- `path`: where the sample came from, relative to the project root when inside it: the file; for a text given
+  inline in a CSV, `<csv>#L<line>` (the CSV line; there is no file);
+- `label`, `split` (train/val/test);
+- `sha256`: the key of the sample's content everywhere after ingest (feature store, splits, promotion): of the
+  file's bytes for an image, of the normalised text's UTF-8 bytes for a text (`tasks.dataset.texts`);
+- `width`, `height`: pixels for an image; characters and lines for a text;
+- `group`: the split group (samples of one group share a split): from `ingest.group_pattern` on the file stem, a CSV's
+  `group` column, or, for inline texts without one, the text itself (`text:<sha256 prefix>`);
+- `text`: the normalised text (null for images): where a text lives after ingest; later stages never re-read or
+  re-decode text files, so a text's features, parity checks and scores all see the exact string that was hashed.
 `data/prepared/rejected.csv`: every file not used, with its reason (path, label, reason).
 """
 
@@ -12,7 +22,7 @@ from tasks.core.errors import UserError
 from tasks.core.paths import ProjectPaths
 
 SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "group"]
+MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "group", "text"]
 REJECTED_COLUMNS = ["path", "label", "reason", "size", "mtime_ns"]  # size/mtime: to notice a file fixed in place
 
 

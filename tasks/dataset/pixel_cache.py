@@ -21,7 +21,7 @@ from tasks.core.paths import ProjectPaths
 from tasks.core.progress import Progress
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.images import decoder_identity
-from tasks.dataset.manifest_images import load_listed
+from tasks.dataset.manifest_samples import load_listed
 
 
 def cache_key(sha256s: list[str], size: int, mode: str) -> str:
@@ -46,7 +46,7 @@ def split_pixels(rows: pd.DataFrame, paths: ProjectPaths, size: int, mode: str, 
     hashes = HashCache(paths.hashes)
     with atomic_path(target, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
-        with Progress(len(files), desc) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
+        with Progress(len(files), desc, "img") as bar, ThreadPoolExecutor(max(1, workers)) as pool:
             for start in range(0, len(files), 256):
                 chunk = files[start : start + 256]
                 for i, img in enumerate(pool.map(lambda f: load_listed(*f, size, mode, max_pixels, hashes), chunk)):

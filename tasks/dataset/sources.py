@@ -1,5 +1,9 @@
-"""Where ingest finds its samples: a folder of `<class>/<files>` or a CSV of `path,label[,split]`, listed without
-reading any file."""
+"""Where ingest finds its samples: a folder of `<class>/<files>` or a CSV of `path,label[,split]` (for text also
+`text,label[,split][,group]`, the text inline), listed without reading any file.
+
+What is looked for follows the backbone's modality (images or text); data of the other kind is a one-line error
+naming both, not a folder of rejected files.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.core.errors import UserError
-from tasks.core.params import IngestParams
+from tasks.core.params import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, IngestParams
 from tasks.dataset.manifest import SPLITS
+
+DEFAULT_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS}
 
 
 @dataclass
@@ -21,6 +27,8 @@ class Candidate:
     rel: str  # as stored in the manifest (relative to the project root when possible)
     label: str
     split: str | None = None  # explicit split from a CSV
+    text: str | None = None  # text: inline from a CSV, then the normalised text (see tasks.dataset.texts)
+    group: str | None = None  # explicit split group from a CSV
     sha256: str = ""
     width: int = 0
     height: int = 0
@@ -43,8 +51,31 @@ class Listing:
     empty_classes: list[str] = field(default_factory=list)  # class folders with no file at all
 
 
-def _list_folder(source: Path, p: IngestParams, root: Path) -> Listing:
-    exts = {e.lower() for e in p.extensions}
+def extensions(p: IngestParams, modality: str) -> set[str]:
+    """The file extensions a folder source is read for: `ingest.extensions`, else the modality's."""
+    return {e.lower() for e in (p.extensions or DEFAULT_EXTENSIONS[modality])}
+
+
+def _wrong_modality(source: Path, files: list[Path], modality: str) -> str | None:
+    """Why `files` look like the other modality's data (None when they do not)."""
+    other = "text" if modality == "image" else "image"
+    ours = sum(f.suffix.lower() in DEFAULT_EXTENSIONS[modality] for f in files)
+    theirs = [f for f in files if f.suffix.lower() in DEFAULT_EXTENSIONS[other]]
+    if files and not ours and len(theirs) * 2 > len(files):
+        return f"{source} holds {other} files ({theirs[0].suffix}) and no {modality} files"
+    return None
+
+
+def modality_hint(modality: str, backbone: str) -> str:
+    """The end of a wrong-modality error: what the backbone is and what to set."""
+    if modality == "image":
+        return f"backbone.name '{backbone}' is an image backbone: for text set backbone.name: minilm (or hf:<folder>)"
+    return (f"backbone.name '{backbone}' is a text backbone: for images set backbone.name to an image backbone "
+            f"(e.g. tf_efficientnet_lite0)")
+
+
+def _list_folder(source: Path, p: IngestParams, root: Path, modality: str, backbone: str) -> Listing:
+    exts = extensions(p, modality)
     candidates, rejected, empty = [], [], []
     class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
@@ -68,28 +99,48 @@ def _list_folder(source: Path, p: IngestParams, root: Path) -> Listing:
                 rejected.append(c)
             else:
                 candidates.append(c)
+    if p.extensions is None and not candidates:
+        wrong = _wrong_modality(source, [c.path for c in rejected], modality)
+        if wrong:
+            raise UserError(f"ingest.source: {wrong}; {modality_hint(modality, backbone)}")
     return Listing(candidates, rejected, empty)
 
 
-def _list_csv(source: Path, root: Path) -> list[Candidate]:
+def _list_csv(source: Path, root: Path, p: IngestParams, modality: str, backbone: str) -> list[Candidate]:
     try:
-        df = pd.read_csv(source, dtype=str, keep_default_na=False)
+        df = pd.read_csv(source, dtype=str, keep_default_na=False,
+                         encoding=p.text_encoding if modality == "text" else "utf-8")
     except Exception as exc:  # pandas raises many types for malformed CSVs
         raise UserError(f"{source}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
-    missing = {"path", "label"} - set(df.columns)
+    inline = "text" in df.columns
+    if inline and modality == "image":
+        raise UserError(f"ingest.source: {source} has a 'text' column (text data); {modality_hint(modality, backbone)}")
+    what = "path" if not inline else "text"
+    missing = {what, "label"} - set(df.columns)
     if missing:
-        raise UserError(f"{source}: missing column(s) {sorted(missing)}; expected path,label[,split]")
+        expected = "path,label[,split]" + (" or text,label[,split][,group]" if modality == "text" else "")
+        raise UserError(f"{source}: missing column(s) {sorted(missing)}; expected {expected}")
+    src_rel = _rel(source, root)
     out = []
     for i, row in enumerate(df.itertuples(index=False), start=2):
         if not row.label:
-            raise UserError(f"{source}:{i}: empty label for path '{row.path}'")
+            raise UserError(f"{source}:{i}: empty label for {what} {getattr(row, what)[:40]!r}")
         split = getattr(row, "split", "") or None
         if split is not None and split not in SPLITS:
             raise UserError(f"{source}:{i}: split '{split}' is not one of {', '.join(SPLITS)}")
+        group = getattr(row, "group", "") or None
+        if inline:  # the row is the sample: its locator is the CSV line, it has no file
+            out.append(Candidate(source, f"{src_rel}#L{i}", row.label, split=split, text=row.text, group=group))
+            continue
         path = Path(row.path)
         if not path.is_absolute():
             path = source.parent / path
-        out.append(Candidate(path, _rel(path, root), row.label, split=split))
+        out.append(Candidate(path, _rel(path, root), row.label, split=split, group=group))
+    if not inline and modality == "image":
+        wrong = _wrong_modality(source, [c.path for c in out], modality)
+        if wrong:
+            raise UserError(f"ingest.source: {wrong.replace(str(source) + ' holds', str(source) + ' lists')}; "
+                            f"{modality_hint(modality, backbone)}")
     return out
 
 
@@ -103,13 +154,14 @@ def resolve_source(p: IngestParams, root: Path) -> Path:
     return source
 
 
-def list_candidates(source: Path, p: IngestParams, root: Path) -> Listing:
-    """The files of a folder or CSV source, listed without reading them."""
+def list_candidates(source: Path, p: IngestParams, root: Path, modality: str = "image",
+                    backbone: str = "") -> Listing:
+    """The samples of a folder or CSV source for a backbone of `modality`, listed without reading any file."""
     if source.is_dir():
-        return _list_folder(source, p, root)
-    return Listing(_list_csv(source, root), [])
+        return _list_folder(source, p, root, modality, backbone)
+    return Listing(_list_csv(source, root, p, modality, backbone), [])
 
 
-def list_sources(p: IngestParams, root: Path) -> Listing:
-    """The files under `ingest.source`, listed without reading them."""
-    return list_candidates(resolve_source(p, root), p, root)
+def list_sources(p: IngestParams, root: Path, modality: str = "image", backbone: str = "") -> Listing:
+    """The samples under `ingest.source`, listed without reading them."""
+    return list_candidates(resolve_source(p, root), p, root, modality, backbone)

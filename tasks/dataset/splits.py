@@ -83,6 +83,6 @@ def warn_classes_missing_splits(df: pd.DataFrame, p: IngestParams) -> None:
         missing = [s for s in wanted if not (rows["split"] == s).any()]
         if missing:
             where = ", ".join(f"{n} in {s}" for s, n in rows["split"].value_counts().sort_index().items())
-            log(f"ingest: warning: class '{label}' has only {len(rows)} image(s) ({rows['group'].nunique()} group(s)): "
-                f"{where}, none in {' or '.join(missing)}; add images of it, or its {'/'.join(missing)} metrics "
+            log(f"ingest: warning: class '{label}' has only {len(rows)} sample(s) ({rows['group'].nunique()} group(s)): "
+                f"{where}, none in {' or '.join(missing)}; add samples of it, or its {'/'.join(missing)} metrics "
                 f"will not cover it")

@@ -1,5 +1,9 @@
-"""The feature store's backbone graph: uint8 NHWC images -> features, exported from torch once per fingerprint and
-gated by parity with torch on real held-out images before anything uses it.
+"""The feature store's backbone graph: raw samples (uint8 NHWC images, or strings) -> features, exported from torch
+once per fingerprint and gated by parity with torch on real held-out samples before anything uses it.
+
+For text the graph holds the tokenizer (`tasks.model.tokenizer_graph`); its gate also requires the in-graph token
+ids to equal the Hugging Face tokenizer's on every sample, alone and batched, and compares features with torch run
+on Hugging Face's ids.
 
 `<store>/backbone.onnx` is what the ONNX Runtime engine extracts with, what Dask workers load, and, for a frozen
 backbone, the first part of the exported classifier (export composes it with the head using `onnx` alone). It is
@@ -20,35 +24,42 @@ from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text, sha256_file
 from tasks.core.params import Params
 from tasks.core.progress import log
-from tasks.dataset.manifest_images import parity_chunks
+from tasks.dataset.manifest_samples import parity_chunks
 from tasks.extraction.feature_store import FeatureStore
-from tasks.model.onnx_export import export_onnx
+from tasks.model.backbone_catalog import modality_of
+from tasks.model.modality import build_model, export_graph, tokenizer_for, torch_runner
 
 
 def backbone_model(params: Params):
-    """The params' backbone as a torch ImageModel without a head (uint8 NHWC -> features)."""
-    from tasks.model.backbones import build_backbone
-    from tasks.model.image_model import ImageModel
-
-    loaded = build_backbone(params.backbone, params.seed)
-    return ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std)
+    """The params' backbone as a torch model without a head (raw samples' tensor -> features)."""
+    return build_model(params)[0]
 
 
-def _compare(model, graph: Path, images: np.ndarray, threads: int) -> tuple[float, float, list[int]]:
-    """max |f_onnx - f_torch| and max |f_torch| over `images`, and the batch sizes they ran at (`parity_chunks`)."""
-    import torch
-
+def _compare(params: Params, model, graph: Path, samples: np.ndarray,
+             threads: int) -> tuple[float, float, list[int]]:
+    """max |f_onnx - f_torch| and max |f_torch| over `samples`, and the batch sizes they ran at (`parity_chunks`)."""
     from tasks.extraction.engines import OrtEngine
 
     engine = OrtEngine(graph, threads)
+    reference = torch_runner(params, model)
     worst, scale, sizes = 0.0, 0.0, []
-    for chunk in parity_chunks(images):
+    for chunk in parity_chunks(samples):
         sizes.append(len(chunk))
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(chunk)).numpy()
+        expected = reference(chunk).numpy()
         worst = max(worst, float(np.abs(engine.run(chunk) - expected).max()))
         scale = max(scale, float(np.abs(expected).max()))
     return worst, scale, sizes
+
+
+def _check_tokens(params: Params, graph: Path, texts: np.ndarray) -> None:
+    """One-line UserError when the in-graph tokenizer gives other ids than Hugging Face on any of `texts`."""
+    from tasks.model.tokenizer_graph import token_mismatches
+
+    bad = token_mismatches(tokenizer_for(params), params.backbone.max_length, params.export.opset, texts)
+    if bad:
+        raise UserError(f"{graph}: the in-graph tokenizer disagrees with the Hugging Face tokenizer on {len(bad)} of "
+                        f"{len(texts)} held-out texts (first: {str(texts[bad[0]])[:60]!r}); this tokenizer is not "
+                        f"supported in-graph")
 
 
 def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[[], np.ndarray] | None) -> dict:
@@ -70,12 +81,14 @@ def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[
     model = backbone_model(params).eval()
     try:
         if checking != graph:
-            export_onnx(model, checking, params.backbone.input_size, ["features"], params.export.opset)
+            export_graph(model, checking, params, ["features"])
         images = sample()
-        worst, scale, sizes = _compare(model, checking, images, params.features.threads)
+        if modality_of(params.backbone) == "text":
+            _check_tokens(params, checking, images)
+        worst, scale, sizes = _compare(params, model, checking, images, params.features.threads)
         tolerance = params.export.parity_tolerance * max(1.0, scale)
         if not worst <= tolerance:
-            raise UserError(f"{graph}: the backbone graph disagrees with torch on {len(images)} held-out images "
+            raise UserError(f"{graph}: the backbone graph disagrees with torch on {len(images)} held-out samples "
                             f"(max |f_onnx - f_torch| = {worst:.2e} > {tolerance:.1e} = export.parity_tolerance x "
                             f"max |f|); "
                             + (f"its cached features are suspect: delete {store.dir} and re-run the features stage"
@@ -90,6 +103,6 @@ def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "opset": params.export.opset,
               "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(store.graph_record_path, json.dumps(record, indent=2))
-    log(f"backbone graph: checked against torch on {len(images)} held-out images at batch {sizes}: "
+    log(f"backbone graph: checked against torch on {len(images)} held-out samples at batch {sizes}: "
         f"max |df| {worst:.1e} (features up to {scale:.1f}) -> {graph.name}")
     return record

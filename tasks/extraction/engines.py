@@ -1,4 +1,4 @@
-"""Inference engines for uint8 NHWC batches: torch (eager, channels_last) and ONNX Runtime.
+"""Inference engines for batches of raw samples (uint8 NHWC images, or texts): torch (eager) and ONNX Runtime.
 
 `auto` picks ONNX Runtime on CPU (its fused CPU kernels run these backbones several times faster than torch's; the
 ratio is in bench/RESULTS.md) and torch on CUDA. Both run the same `ImageModel`, so they agree to float rounding (a
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.core.hardware import cuda_available, ort_providers, resolve_threads
+from tasks.core.hardware import add_extension_ops, cuda_available, ort_providers, resolve_threads
 
 if TYPE_CHECKING:
     from torch import nn
@@ -33,24 +33,30 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, threads: int):
+    def __init__(self, model: nn.Module, threads: int, tokenize=None):
         import torch
 
         self.device = torch.device("cuda" if cuda_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(resolve_threads(threads))
-        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.model = model.eval().to(self.device)
+        if tokenize is None:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.tokenize = tokenize  # texts -> (input_ids, attention_mask) numpy; None for images
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+        if self.tokenize is None:
+            inputs = (torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True),)
+        else:
+            inputs = tuple(torch.from_numpy(a).to(self.device) for a in self.tokenize(batch))
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
-                    out = self.model(x)
+                    out = self.model(*inputs)
             else:
-                out = self.model(x)
+                out = self.model(*inputs)
         out = out[0] if isinstance(out, tuple) else out
         return out.float().cpu().numpy()
 
@@ -73,9 +79,10 @@ class OrtEngine:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        add_extension_ops(opts)
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=ort_providers())
         self.input = self.session.get_inputs()[0].name
         self.path = Path(onnx_path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: np.ascontiguousarray(batch)})[0]
+        return self.session.run(None, {self.input: np.ascontiguousarray(batch) if batch.dtype != object else batch})[0]

@@ -1,5 +1,5 @@
-"""The extraction loop shared by the features stage and the Dask flow: decode a batch ahead of the model, run the
-engine, append rows to a feature store a shard at a time."""
+"""The extraction loop shared by the features stage and the Dask flow: decode a batch ahead of the model (images;
+texts come decoded from the manifest), run the engine, append rows to a feature store a shard at a time."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from tasks.core.files import sha256_file
 from tasks.core.params import Params
 from tasks.core.progress import Progress
 from tasks.dataset.hash_cache import HashCache
-from tasks.dataset.images import decoder_identity
-from tasks.dataset.manifest_images import load_listed
+from tasks.dataset.manifest_samples import load_listed, sample_decoder
 from tasks.extraction.backbone_graph import backbone_model, ensure_backbone_graph
 from tasks.extraction.engines import OrtEngine, TorchEngine, resolve_engine
 from tasks.extraction.feature_store import FeatureStore
+from tasks.model.backbone_catalog import modality_of
+from tasks.model.modality import tokenizer_for
 
 
 def make_engine(params: Params, store: FeatureStore, sample: Callable[[], np.ndarray] | None = None):
@@ -26,7 +27,13 @@ def make_engine(params: Params, store: FeatureStore, sample: Callable[[], np.nda
     `sample()` the first time (`tasks.extraction.backbone_graph`); with it in place, no torch is imported at all."""
     name = resolve_engine(params.features.engine)
     if name == "torch":
-        return TorchEngine(backbone_model(params), params.features.threads)
+        tokenize = None
+        if modality_of(params.backbone) == "text":
+            from tasks.model.tokenizer_graph import hf_token_ids
+
+            tokenizer, max_length = tokenizer_for(params), params.backbone.max_length
+            tokenize = lambda texts: hf_token_ids(tokenizer, texts, max_length)  # noqa: E731
+        return TorchEngine(backbone_model(params), params.features.threads, tokenize)
     ensure_backbone_graph(params, store, sample)
     return OrtEngine(store.graph, params.features.threads, spin=params.features.decode_workers == 0)
 
@@ -36,7 +43,7 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-def provenance(engine) -> dict:
+def provenance(engine, modality: str = "image") -> dict:
     """What computes features with `engine`: the engine and its version, the decoder (and its Pillow), numpy, the
     device. Recorded with every shard."""
     import platform
@@ -45,7 +52,7 @@ def provenance(engine) -> dict:
         import onnxruntime as runtime
     else:
         import torch as runtime
-    made_by = {"engine": engine.name, "engine_version": runtime.__version__, "decoder": decoder_identity(),
+    made_by = {"engine": engine.name, "engine_version": runtime.__version__, "decoder": sample_decoder(modality),
                "numpy": np.__version__, "device": str(getattr(engine, "device", "cpu")),
                "python": platform.python_version()}
     if engine.name == "onnxruntime":  # the exact graph: evaluate can prove a shipped model computed these rows
@@ -55,20 +62,25 @@ def provenance(engine) -> dict:
 
 def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, str]], engine,
                      hashes: HashCache) -> int:
-    """Decode, run and append `todo` [(sha256, path)] to the store, a shard every `features.shard_size` rows. Each
-    file must still hold the bytes its sha256 names (checked through `hashes`), or the run stops naming it."""
+    """Decode, run and append `todo` [(sha256, source)] (`FeatureStore.missing_samples`) to the store, a shard every
+    `features.shard_size` rows. Each image file must still hold the bytes its sha256 names (checked through
+    `hashes`), or the run stops naming it."""
     p = params.features
     size, mode, limit = params.backbone.input_size, params.backbone.resize, params.ingest.max_pixels
+    modality = modality_of(params.backbone)
 
     def decode(batch):
+        if modality == "text":
+            return np.array([text for _, text in batch], dtype=object)
         return np.stack([load_listed(Path(path), sha, size, mode, limit, hashes) for sha, path in batch])
 
-    made_by = provenance(engine)
+    made_by = provenance(engine, modality)
     pending_keys: list[str] = []
     pending_feats: list[np.ndarray] = []
     n_pending = 0
     workers = max(1, p.decode_workers)
-    with Progress(len(todo), f"features[{engine.name}]") as bar, ThreadPoolExecutor(workers) as pool:
+    unit = "text" if modality == "text" else "img"
+    with Progress(len(todo), f"features[{engine.name}]", unit) as bar, ThreadPoolExecutor(workers) as pool:
         queue: deque = deque()
         batches = _batches(todo, p.batch_size)
         for b in batches:  # keep up to `workers` batches decoding ahead of the model

@@ -126,10 +126,15 @@ class FeatureStore:
                 out.append(k)
         return out
 
-    def missing_images(self, manifest: pd.DataFrame, root: Path) -> list[tuple[str, str]]:
-        """(sha256, absolute path) of each manifest image with no row yet: once per content, in manifest order."""
+    def missing_samples(self, manifest: pd.DataFrame, root: Path) -> list[tuple[str, str]]:
+        """(sha256, source) of each manifest sample with no row yet, once per content: for an image the absolute
+        path, in manifest order; for a text the text itself, shortest first (batches of similar length pad least)."""
+        missing = self.missing(manifest["sha256"].tolist())
+        if "text" in manifest and len(manifest) and manifest["text"].notna().all():
+            text = dict(zip(manifest["sha256"], manifest["text"]))
+            return sorted(((k, text[k]) for k in missing), key=lambda kt: (len(kt[1]), kt[0]))
         first_path = dict(zip(manifest["sha256"], manifest["path"]))
-        return [(k, str(root / first_path[k])) for k in self.missing(manifest["sha256"].tolist())]
+        return [(k, str(root / first_path[k])) for k in missing]
 
     def _shard(self, sid: int) -> np.ndarray:
         if sid not in self._shards:

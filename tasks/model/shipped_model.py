@@ -15,17 +15,16 @@ from tasks.model.head_format import Head
 
 if TYPE_CHECKING:  # torch is imported only when a model is built: evaluate and the model card read summaries only
     from tasks.model.image_model import ImageModel
+    from tasks.model.text_backbones import TextModel
 
 
-def build_classifier(params: Params, head: Head, state: dict | None = None) -> ImageModel:
-    """uint8 NHWC -> (logits, probs): the params' backbone with `head` (as a HeadModule) on top, in eval mode; with
-    `state`, the weights of a fine-tuned ImageModel are loaded over it."""
-    from tasks.model.backbones import build_backbone
-    from tasks.model.image_model import ImageModel
+def build_classifier(params: Params, head: Head, state: dict | None = None) -> ImageModel | TextModel:
+    """raw samples' tensor -> (logits, probs): the params' backbone with `head` (as a HeadModule) on top, in eval
+    mode; with `state`, the weights of a fine-tuned model are loaded over it."""
+    from tasks.model.modality import build_model
     from tasks.model.torch_head import HeadModule
 
-    loaded = build_backbone(params.backbone, params.seed)
-    model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(head))
+    model, _ = build_model(params, HeadModule(head))
     if state is not None:
         model.load_state_dict(state)
     return model.eval()
@@ -49,6 +48,6 @@ def shipped_state(paths: ProjectPaths) -> dict | None:
     return torch.load(f, map_location="cpu", weights_only=True)
 
 
-def shipped_classifier(params: Params, paths: ProjectPaths) -> ImageModel:
+def shipped_classifier(params: Params, paths: ProjectPaths) -> ImageModel | TextModel:
     """The model the pipeline ships: backbone + head, fine-tuned if the fine-tune stage kept that."""
     return build_classifier(params, Head.load(paths.head), shipped_state(paths))

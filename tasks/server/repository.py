@@ -95,7 +95,7 @@ def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | No
             contract = deploy_contract
         else:
             own = version_contract(folder)
-            text = config_pbtxt(model_dir.name, own["input_size"], len(own["classes"]), deploy_contract.max_batch_size)
+            text = config_pbtxt(model_dir.name, own, deploy_contract.max_batch_size)
             contract = parse_contract(text, own["classes"], f"{folder}/promotion.json")
         reused = old.get((path.stat().st_ino, contract))
         session = reused.session if reused else open_session(path, threads)

@@ -23,8 +23,7 @@ import pandas as pd
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
-from tasks.dataset.images import decoder_identity
-from tasks.dataset.manifest_images import load_rows
+from tasks.dataset.manifest_samples import load_rows, sample_decoder
 from tasks.extraction.feature_store import FeatureStore
 from tasks.serving.onnx_classifier import OnnxClassifier
 
@@ -49,7 +48,7 @@ def why_not_cached(clf: OnnxClassifier, paths: ProjectPaths, keys: list[str]) ->
     if missing:
         return None, f"{len(missing)} image(s) have no cached features"
     wanted = {"engine": "onnxruntime", "engine_version": onnxruntime.__version__, "graph_sha256": made["sha256"],
-              "decoder": decoder_identity()}
+              "decoder": sample_decoder(clf.modality)}
     for p in store.provenance_for(keys):
         differs = [k for k, v in wanted.items() if p.get(k) != v]
         if differs:

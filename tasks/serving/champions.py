@@ -27,7 +27,8 @@ from tasks.core.files import atomic_dir, atomic_write_text, link_or_copy
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
-from tasks.serving.triton_repo import write_triton_repo
+from tasks.model.backbone_catalog import modality_of
+from tasks.serving.triton_repo import model_contract, write_triton_repo
 
 _VERSION = re.compile(r"^v(\d{4,})$")
 ARTIFACTS = ("model.onnx", "labels.txt", "MODEL_CARD.md")
@@ -85,7 +86,8 @@ def holdout_keys(paths: ProjectPaths) -> set[str]:
 
 
 def version_contract(folder: Path) -> dict:
-    """A promoted version's contract ({"classes": [...], "input_size": S}) from its promotion.json."""
+    """A promoted version's contract (`triton_repo.model_contract`: classes, and an input size or "texts") from its
+    promotion.json."""
     return json.loads((folder / "promotion.json").read_text()).get("contract", {})
 
 
@@ -97,7 +99,7 @@ def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, te
     swapped in as one step; the champion pointer is replaced last. Returns the new version number."""
     version = max(versions(paths), default=0) + 1
     classes = [c for c in paths.labels.read_text().split("\n") if c]
-    contract = {"classes": classes, "input_size": params.backbone.input_size}
+    contract = model_contract(classes, modality_of(params.backbone), params.backbone.input_size)
     final = registry_dir(paths) / f"v{version:04d}"
     with atomic_dir(final, durable=True) as tmp:
         for name in ARTIFACTS:
@@ -107,8 +109,8 @@ def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, te
         (tmp / "promotion.json").write_text(json.dumps(record | {"version": version, "contract": contract}, indent=2))
         (tmp / "test_keys.json").write_text(json.dumps(sorted(test_keys)))
     same = {v: folder / "model.onnx" for v, folder in versions(paths).items() if version_contract(folder) == contract}
-    write_triton_repo(serving_dir(paths), params.export.triton_name, classes, params.backbone.input_size,
-                      params.export.triton_max_batch_size, same, durable=True)
+    write_triton_repo(serving_dir(paths), params.export.triton_name, contract, params.export.triton_max_batch_size,
+                      same, durable=True)
     if len(same) < len(versions(paths)):
         log(f"promote: v{version:04d} changes the model's contract (classes or input size): the deploy repository now "
             f"serves versions {sorted(same)} only; earlier versions stay in {registry_dir(paths)}")

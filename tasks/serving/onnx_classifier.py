@@ -1,4 +1,5 @@
-"""The shipped model as a server runs it: an ONNX classifier over raw uint8 images, read with its own metadata.
+"""The shipped model as a server runs it: an ONNX classifier over raw samples (uint8 images, or texts), read with its
+own metadata.
 
 Used by `evaluate` (score the artifact that ships), `predict` (files -> top-k) and the int8 check in `export`.
 """
@@ -14,9 +15,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from tasks.core.errors import UserError
-from tasks.core.hardware import ort_providers, resolve_threads
+from tasks.core.hardware import add_extension_ops, ort_providers, resolve_threads
 from tasks.core.params import DEFAULT_MAX_PIXELS
 from tasks.dataset.images import load_checked
+from tasks.dataset.texts import DEFAULT_MAX_TEXT_BYTES, check_decoded, read_text_file
 
 
 @dataclass
@@ -38,6 +40,7 @@ def open_session(path: Path, threads: int = 0):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = resolve_threads(threads)
     opts.log_severity_level = 3
+    add_extension_ops(opts)
     try:
         return ort.InferenceSession(str(path), opts, providers=ort_providers())
     except Exception as exc:  # ORT raises its own exception types for unreadable graphs
@@ -57,12 +60,16 @@ class OnnxClassifier:
         self.metadata = meta
         self.classes: list[str] = json.loads(meta["headstart.classes"])
         contract = json.loads(meta["headstart.input"])
-        self.input_size: int = int(contract["size"][0])
+        self.modality: str = contract.get("modality", "image")
+        self.input_name: str = contract.get("name", "images")
+        self.input_size: int = int(contract["size"][0]) if self.modality == "image" else 0
         self.resize: str = contract.get("resize", "pad")
+        self.max_length: int = int(contract.get("max_length", 0))
 
-    def probs(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for a uint8 NHWC batch at the model's input size."""
-        return self.session.run(["probs"], {"images": np.ascontiguousarray(images)})[0]
+    def probs(self, samples: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of raw samples: uint8 NHWC at the model's input size, or texts."""
+        feed = samples if samples.dtype == object else np.ascontiguousarray(samples)
+        return self.session.run(["probs"], {self.input_name: feed})[0]
 
     def probs_batched(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Class probabilities for any number of images, run `batch_size` at a time."""
@@ -72,15 +79,25 @@ class OnnxClassifier:
 
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 32, workers: int = 1,
                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Prediction]:
-        """Predictions in input order; unreadable or oversized files yield a Prediction with `error`, never raise."""
+        """Predictions in input order; unreadable or oversized files yield a Prediction with `error`, never raise.
+        An item may be a (name, text) pair: a text given inline."""
 
-        def decode(p) -> tuple[str, np.ndarray | None, str]:
+        def decode(p) -> tuple[str, np.ndarray | str | None, str]:
+            if isinstance(p, tuple):  # (name, text) given inline, e.g. a CSV's text column
+                check = check_decoded(p[1], DEFAULT_MAX_TEXT_BYTES)
+                return p[0], (check.text or None), check.reason
+            if self.modality == "text":
+                text, reason = read_text_file(Path(p))
+                return str(p), text, reason
             array, reason = load_checked(p, self.input_size, self.resize, max_pixels)
             return str(p), array, reason
 
+        def stack(items):
+            return np.array(items, dtype=object) if self.modality == "text" else np.stack(items)
+
         def flush(batch):
             good = [b for b in batch if b[1] is not None]
-            probs = self.probs(np.stack([b[1] for b in good])) if good else []
+            probs = self.probs(stack([b[1] for b in good])) if good else []
             it = iter(probs)
             return [Prediction(p, next(it) if arr is not None else None, err) for p, arr, err in batch]
 

@@ -1,4 +1,4 @@
-"""Parity gates: a candidate ONNX classifier against a reference computation on the same real images.
+"""Parity gates: a candidate ONNX classifier against a reference computation on the same real samples.
 
 The reference is torch eager for a graph torch exported (a fine-tuned backbone), and the store's checked backbone
 graph followed by the head in numpy (float64) for a graph composed with `onnx` (a frozen backbone): that backbone
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.dataset.manifest_images import parity_chunks
+from tasks.core.params import Params
+from tasks.dataset.manifest_samples import parity_chunks
 from tasks.model.head_format import Head
 
 
@@ -42,24 +43,24 @@ def compare(candidate: Path, reference: Probs, images: np.ndarray, tolerance: fl
     from tasks.extraction.engines import OrtEngine
 
     session = OrtEngine(candidate, threads=0).session
+    name = session.get_inputs()[0].name
     sizes, worst, agree = [], 0.0, True
     for chunk in parity_chunks(images):
         sizes.append(len(chunk))
-        got = session.run(["probs"], {"images": chunk})[0]
+        got = session.run(["probs"], {name: chunk})[0]
         expected = reference(chunk)
         worst = max(worst, float(np.abs(got - expected).max()))
         agree &= bool((got.argmax(1) == expected.argmax(1)).all())
     return ParityReport(sum(sizes), sizes, worst, agree, tolerance, what)
 
 
-def torch_probs(model) -> Probs:
-    """Probabilities of a torch classifier (uint8 NHWC -> (logits, probs)), eager, inference mode."""
-    import torch
+def torch_probs(params: Params, model) -> Probs:
+    """Probabilities of a torch classifier (raw samples -> (logits, probs)), eager, inference mode; texts through
+    the Hugging Face tokenizer."""
+    from tasks.model.modality import torch_runner
 
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(images))[1].numpy()
-    return run
+    run = torch_runner(params, model)
+    return lambda samples: run(samples)[1].numpy()
 
 
 def backbone_graph_then_head(backbone_graph: Path, head: Head, threads: int) -> Probs:

@@ -1,6 +1,8 @@
-"""`headstart predict`: run the exported ONNX model on files, folders or a CSV of paths; write top-k as CSV or JSON.
+"""`headstart predict`: run the exported ONNX model on files, folders or a CSV of paths (or, for a text model, of
+texts); write top-k as CSV or JSON.
 
-Inputs are decoded and resized exactly as in training (the model's metadata says how). A file that cannot be read
+Inputs are decoded and resized exactly as in training (the model's metadata says how); text files are decoded and
+normalised by ingest's rule and tokenized inside the graph, so neither torch nor transformers is imported. A file that cannot be read
 gets a row with its error instead of stopping the run. ONNX Runtime uses CUDA when a GPU is present.
 """
 
@@ -19,30 +21,36 @@ import pandas as pd
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text
-from tasks.core.params import IMAGE_EXTENSIONS
+from tasks.core.params import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
 from tasks.core.progress import Progress, log
 from tasks.serving.onnx_classifier import OnnxClassifier
 
 
-def collect_inputs(items: list[str]) -> list[Path]:
-    """Expand files, folders (recursively, image extensions) and CSVs (a `path` column) into a list of files."""
-    out: list[Path] = []
+def collect_inputs(items: list[str], modality: str = "image") -> list[Path | tuple[str, str]]:
+    """Expand files, folders (recursively, the modality's extensions) and CSVs (a `path` column; for text also a
+    `text` column, each row's text inline, named `<csv>#L<line>`) into a list of inputs."""
+    extensions = IMAGE_EXTENSIONS if modality == "image" else TEXT_EXTENSIONS
+    out: list[Path | tuple[str, str]] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions
                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.suffix.lower() == ".csv" and p.is_file():
             df = pd.read_csv(p, dtype=str, keep_default_na=False)
+            if modality == "text" and "text" in df.columns:
+                out += [(f"{p}#L{i}", t) for i, t in enumerate(df["text"], start=2)]
+                continue
             if "path" not in df.columns:
-                raise UserError(f"{p}: a CSV of inputs needs a 'path' column")
+                raise UserError(f"{p}: a CSV of inputs needs a 'path' column" +
+                                (" or a 'text' column" if modality == "text" else ""))
             out += [Path(x) if Path(x).is_absolute() else p.parent / x for x in df["path"]]
         elif p.exists() or p.suffix:
             out.append(p)  # a missing file is reported on its own row
         else:
             raise UserError(f"'{item}' is neither a file, a folder nor a CSV")
     if not out:
-        raise UserError(f"no images found in {', '.join(items)}")
+        raise UserError(f"no {'images' if modality == 'image' else 'texts'} found in {', '.join(items)}")
     return out
 
 
@@ -63,7 +71,7 @@ def predict(inputs: list[str], model: str | Path = "models/model.onnx", top_k: i
     Guarantees: one row per input, in input order; unreadable files have an empty prediction and an `error`."""
     t0 = time.perf_counter()
     clf = OnnxClassifier(model)
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, clf.modality)
     k = max(1, min(top_k, len(clf.classes)))
     rows = []
     with Progress(len(files), "predict") as bar:

@@ -13,7 +13,7 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.dataset.manifest_images import load_rows
+from tasks.dataset.manifest_samples import load_rows
 from tasks.serving.onnx_classifier import OnnxClassifier
 
 

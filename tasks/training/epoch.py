@@ -58,9 +58,23 @@ def make_augment(a: AugmentParams, size: int) -> v2.Compose:
     return v2.Compose(steps) if steps else v2.Identity()
 
 
+def augmented_batches(augment) -> Callable[[np.ndarray], torch.Tensor]:
+    """uint8 NHWC array -> the batch tensor a train step feeds the model: each image through `augment`."""
+    def make(images: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        return torch.stack([augment(img) for img in pixels]).permute(0, 2, 3, 1)
+    return make
+
+
+def token_batches(ids: np.ndarray) -> torch.Tensor:
+    """int64 (N, L) token ids padded with [PAD] -> the batch tensor a text model's train step takes (no augmentation:
+    the model cuts the batch to its longest row)."""
+    return torch.from_numpy(np.ascontiguousarray(ids))
+
+
 def score(model, images: np.ndarray, labels: torch.Tensor, device: torch.device, autocast,
           batch_size: int = 128) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` in eval mode on uint8 NHWC `images`."""
+    """(mean cross-entropy, accuracy) of `model` in eval mode on `images` (uint8 NHWC, or token ids)."""
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.inference_mode(), autocast():
@@ -89,15 +103,15 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 def train_pass(forward, opt, sched, scaler, images: np.ndarray, labels: torch.Tensor, order: torch.Tensor,
-               p: FinetuneParams, augment, device: torch.device, autocast, desc: str) -> tuple[float, float]:
-    """One pass over `images` in `order` (batches of p.batch_size, augmented), stepping optimizer and scheduler per
-    batch; returns the running (loss, accuracy) over the pass. The caller sets train/eval modes beforehand."""
+               p: FinetuneParams, make_batch, device: torch.device, autocast, desc: str) -> tuple[float, float]:
+    """One pass over `images` (pixels or token ids) in `order` (batches of p.batch_size, each made by `make_batch`:
+    `augmented_batches` or `token_batches`), stepping optimizer and scheduler per batch; returns the running (loss,
+    accuracy) over the pass. The caller sets train/eval modes beforehand."""
     loss_sum, correct, seen = 0.0, 0, 0
     with Progress(len(order), desc) as bar:
         for batch in _batches(order, p.batch_size):
             idx = np.sort(batch.numpy())  # sorted: sequential reads from the memory-mapped pixel cache
-            pixels = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2)
-            xb = torch.stack([augment(img) for img in pixels]).permute(0, 2, 3, 1).to(device)
+            xb = make_batch(images[idx]).to(device)
             yb = labels[idx].to(device)
             with autocast():
                 logits = forward(xb)[0].float()

@@ -32,19 +32,21 @@ from tasks.core.progress import log
 from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.dataset.pixel_cache import prune, split_pixels
 from tasks.extraction.fingerprint import feature_fingerprint
-from tasks.model.backbones import build_backbone
+from tasks.model.backbone_catalog import modality_of
 from tasks.model.finetune_record import clear_finetune_outputs, head_sha256, write_finetune_summary
 from tasks.model.head_format import Head
-from tasks.model.image_model import ImageModel
+from tasks.model.modality import build_model, tokenizer_for
 from tasks.model.torch_head import HeadModule, random_like
 from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint, state_sha256
 from tasks.training.curves import plot_curves
 from tasks.training.epoch import (
+    augmented_batches,
     autocast_for,
     batches_per_epoch,
     make_augment,
     resolve_device_and_amp,
     score,
+    token_batches,
     train_pass,
 )
 from tasks.training.freezing import (
@@ -53,6 +55,7 @@ from tasks.training.freezing import (
     backbone_units,
     check_strategy,
     depth_at,
+    encoder_units,
     param_groups,
     set_train_modes,
     warmup_cosine,
@@ -72,12 +75,12 @@ class Run:
     autocast: Callable
     probe: Head
     units: Units
-    model: ImageModel
+    model: torch.nn.Module  # ImageModel or TextModel
     forward: Callable  # the model, or its torch.compile'd twin
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    augment: Callable
+    make_batch: Callable  # array rows -> the train step's batch tensor (augmented pixels, or token ids)
     x_train: np.ndarray
     y_train: torch.Tensor
     x_val: np.ndarray
@@ -146,6 +149,25 @@ def _split_data(params: Params, paths: ProjectPaths, probe: Head):
     return train_rows, val_rows, rows, {c: i for i, c in enumerate(probe.classes)}
 
 
+def _inputs(params: Params, paths: ProjectPaths, train_rows: pd.DataFrame,
+            val_rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, Callable]:
+    """(train inputs, val inputs, batch maker): pixels from the pixel cache with augmentation, or token ids from the
+    Hugging Face tokenizer (the in-graph tokenizer's reference) for text."""
+    if modality_of(params.backbone) == "text":
+        from tasks.model.tokenizer_graph import hf_token_ids
+
+        tokenizer, max_length = tokenizer_for(params), params.backbone.max_length
+        x_train, _ = hf_token_ids(tokenizer, train_rows["text"].tolist(), max_length)
+        x_val, _ = hf_token_ids(tokenizer, val_rows["text"].tolist(), max_length)
+        return x_train, x_val, token_batches
+    size, mode = params.backbone.input_size, params.backbone.resize
+    limit = params.ingest.max_pixels
+    x_train = split_pixels(train_rows, paths, size, mode, limit, "finetune: decoding train")
+    x_val = split_pixels(val_rows, paths, size, mode, limit, "finetune: decoding val")
+    prune(paths, {Path(x_train.filename), Path(x_val.filename)})
+    return x_train, x_val, augmented_batches(make_augment(params.finetune.augment, size))
+
+
 def prepare(params: Params, paths: ProjectPaths) -> Run:
     """Device, the probe head, the backbone cut into units, the decoded splits, the model and its optimizer."""
     p = params.finetune
@@ -153,21 +175,17 @@ def prepare(params: Params, paths: ProjectPaths) -> Run:
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     probe = Head.load(paths.head)
     probe.require_features(feature_fingerprint(params.backbone, params.seed), paths.head)
-    augment = make_augment(p.augment, params.backbone.input_size)
-    loaded = build_backbone(params.backbone, params.seed)
-    units = backbone_units(loaded.model, loaded.blocks)
+    model, loaded = build_model(params, HeadModule(probe))
+    text = modality_of(params.backbone) == "text"
+    units = encoder_units(loaded.model, loaded.blocks) if text else backbone_units(loaded.model, loaded.blocks)
     check_strategy(p, units, params.backbone.name)
     train_rows, val_rows, rows, index = _split_data(params, paths, probe)
-    size, mode = params.backbone.input_size, params.backbone.resize
-    limit = params.ingest.max_pixels
-    x_train = split_pixels(train_rows, paths, size, mode, limit, "finetune: decoding train")
-    x_val = split_pixels(val_rows, paths, size, mode, limit, "finetune: decoding val")
-    prune(paths, {Path(x_train.filename), Path(x_val.filename)})
+    x_train, x_val, make_batch = _inputs(params, paths, train_rows, val_rows)
     fit_idx = np.random.default_rng(params.seed).permutation(len(train_rows))[:FIT_SAMPLE]
     fit_idx.sort()
 
-    model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(probe)).to(device)
-    if device.type == "cpu":
+    model = model.to(device)
+    if device.type == "cpu" and not text:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(model.head, units, p), betas=(0.9, 0.999))
     steps_per_epoch = batches_per_epoch(len(train_rows), p.batch_size)
@@ -176,7 +194,7 @@ def prepare(params: Params, paths: ProjectPaths) -> Run:
         params, paths, device, amp, autocast_for(device, amp), probe, units, model,
         torch.compile(model) if p.compile else model, opt,
         torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup)),
-        torch.amp.GradScaler("cuda", enabled=amp == "fp16"), augment,
+        torch.amp.GradScaler("cuda", enabled=amp == "fp16"), make_batch,
         x_train, torch.as_tensor(train_rows["label"].map(index).to_numpy(dtype=np.int64, copy=True)),
         x_val, torch.as_tensor(val_rows["label"].map(index).to_numpy(dtype=np.int64, copy=True)),
         fit_idx, checkpoint_key(params, paths, rows), steps_per_epoch,
@@ -218,7 +236,8 @@ def run_epoch(run: Run, epoch: int, history: list[dict]) -> None:
     torch.manual_seed(run.params.seed * 100_003 + epoch)  # shuffling, augmentation, dropout: a function of the epoch
     order = torch.randperm(len(run.y_train))
     train_loss, train_acc = train_pass(run.forward, run.opt, run.sched, run.scaler, run.x_train, run.y_train, order,
-                                       p, run.augment, run.device, run.autocast, f"finetune: epoch {epoch}/{p.epochs}")
+                                       p, run.make_batch, run.device, run.autocast,
+                                       f"finetune: epoch {epoch}/{p.epochs}")
     vloss, vacc, floss = run.score_val_and_fit()
     row = {"epoch": epoch, "depth": depth, "lr_head": run.sched.get_last_lr()[0],
            "train_loss": train_loss, "train_accuracy": train_acc, "fit_loss": floss,
@@ -284,8 +303,10 @@ def train(params: Params, paths: ProjectPaths) -> dict:
     p = params.finetune
     run = prepare(params, paths)
     history, start_epoch = resume_or_start(run)
-    log(f"finetune: {p.strategy} on {len(run.y_train)} train / {len(run.y_val)} val images at "
-        f"{params.backbone.input_size}px, {p.epochs} epochs x {run.steps_per_epoch} steps, device {run.device.type}"
+    at = (f"{params.backbone.max_length} tokens" if modality_of(params.backbone) == "text" else
+          f"{params.backbone.input_size}px")
+    log(f"finetune: {p.strategy} on {len(run.y_train)} train / {len(run.y_val)} val samples at "
+        f"{at}, {p.epochs} epochs x {run.steps_per_epoch} steps, device {run.device.type}"
         f"{'' if run.device.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}, amp {run.amp}, "
         f"init {p.init}; units top-down: {', '.join(run.units.names)}")
     stopped = "all epochs ran"

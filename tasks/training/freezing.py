@@ -1,5 +1,9 @@
 """Which parts of the backbone train, at which learning rate, and what BatchNorm does: the fine-tuning strategies.
 
+For a text backbone the units are its encoder layers (top first) and, last, the embeddings (`encoder_units`);
+dropout is handled as BatchNorm is: every module of a frozen unit is in eval mode, so frozen layers compute exactly
+the features the head was trained on.
+
 The backbone is cut into units from the top: unit 0 is the last block together with everything after it (timm's
 `conv_head`/`bn2`), unit 1 the block below, ..., and the last unit is everything before the first block (the stem).
 A strategy says how many units train (`depth`): freeze 0, last_n n, full all, gradual one more every k epochs.
@@ -67,6 +71,16 @@ def backbone_units(backbone: nn.Module, blocks: list[nn.Module]) -> Units:
         units.append(before)
         names.append("stem")
     return Units(units, names, loose)
+
+
+def encoder_units(encoder: nn.Module, layers: list[nn.Module]) -> Units:
+    """A transformer encoder's units, top first: the last layer (with any pooler after it), each layer below, then
+    the embeddings (the "stem")."""
+    hf = getattr(encoder, "hf", encoder)
+    after = [m for m in (getattr(hf, "pooler", None),) if m is not None]
+    units = [[layers[-1], *after]] + [[layer] for layer in reversed(layers[:-1])] + [[hf.embeddings]]
+    names = [f"layer {len(layers) - 1}"] + [f"layer {i}" for i in range(len(layers) - 2, -1, -1)] + ["embeddings"]
+    return Units(units, names)
 
 
 def depth_at(p: FinetuneParams, epoch: int, n_units: int) -> int:

