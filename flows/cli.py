@@ -22,10 +22,14 @@ def _print_result(results: dict, seconds: float) -> None:
         return os.path.relpath(p, paths.root)
 
     print(f"\nheadstart: done in {seconds:.0f}s")
-    print(f"  model    {rel(ex['onnx'])}  (ONNX, uint8 NHWC input, labels in {rel(ex['labels'])})")
+    from tasks.model.backbone_catalog import modality_of
+
+    text = modality_of(load_params().backbone) == "text"
+    takes = "UTF-8 strings" if text else "uint8 NHWC"
+    print(f"  model    {rel(ex['onnx'])}  (ONNX, {takes} input, labels in {rel(ex['labels'])})")
     print(f"  metrics  {rel(ev['metrics_path'])}  (per class: models/metrics/per_class.json)")
     print(f"  plots    {rel(ev['confusion_png'])}")
-    print(f"  {ev['split']} accuracy {ev['accuracy']:.3f}, macro F1 {ev['f1_macro']:.3f} on {ev['n']} images")
+    print(f"  {ev['split']} accuracy {ev['accuracy']:.3f}, macro F1 {ev['f1_macro']:.3f} on {ev['n']} {'texts' if text else 'images'}")
 
 
 def cmd_run(args) -> None:
@@ -66,12 +70,25 @@ def cmd_promote(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from tasks.dataset.clipart_demo import materialise
-
     paths = default_paths()
-    counts = materialise(paths.raw, per_class=args.per_class)
-    print(f"demo data: {sum(counts.values())} clip-art images in {len(counts)} classes -> "
-          f"{os.path.relpath(paths.raw, paths.root)}", file=sys.stderr)
+    current = load_params()
+    if args.text:
+        from tasks.dataset.bbc_demo import TEXT_DEMO_DIR, materialise
+
+        counts = materialise(paths.root / TEXT_DEMO_DIR, per_class=args.per_class)
+        print(f"demo data: {sum(counts.values())} BBC News articles in {len(counts)} topics -> {TEXT_DEMO_DIR}",
+              file=sys.stderr)
+        # the text demo is the same pipeline with two params changed (written to params.yaml, like -S)
+        args.set = [f"ingest.source={TEXT_DEMO_DIR}", "backbone.name=minilm", *args.set]
+    else:
+        from tasks.dataset.bbc_demo import TEXT_DEMO_DIR
+        from tasks.dataset.clipart_demo import materialise
+
+        counts = materialise(paths.raw, per_class=args.per_class)
+        print(f"demo data: {sum(counts.values())} clip-art images in {len(counts)} classes -> "
+              f"{os.path.relpath(paths.raw, paths.root)}", file=sys.stderr)
+        if current.ingest.source == TEXT_DEMO_DIR:  # back from the text demo: the image demo's own settings
+            args.set = ["ingest.source=data/raw", "backbone.name=tf_efficientnet_lite0", *args.set]
     cmd_run(args)
     cmd_promote(args)  # the demo ends with a deployable model (with nothing to beat, the gate passes)
 
@@ -161,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-commit", action="store_true", help="do not record the run with `dvc commit`")
     run.set_defaults(func=cmd_run)
 
-    demo = with_overrides(sub.add_parser("demo", help="materialise the clip-art demo data, then `run`"))
-    demo.add_argument("--per-class", type=int, default=None, help="at most N demo images per class")
+    demo = with_overrides(sub.add_parser("demo", help="materialise the clip-art demo data (or, with --text, BBC News), "
+                                                     "then `run` and `promote`"))
+    demo.add_argument("--text", action="store_true", help="the text demo: BBC News (5 topics) with MiniLM")
+    demo.add_argument("--per-class", type=int, default=None, help="at most N demo images (or articles) per class")
     demo.add_argument("--no-commit", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
