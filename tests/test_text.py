@@ -230,3 +230,96 @@ def test_pretrained_minilm_transfers_and_random_init_does_not(text_project):
         fit = LogisticRegression(C=1.0, max_iter=2000).fit(store.get(train["sha256"].tolist()), train["label"])
         scores[weights] = fit.score(store.get(held["sha256"].tolist()), held["label"])
     assert scores["default"] >= 0.8 and scores["default"] - scores["random"] >= 0.20, scores
+
+
+def test_headstart_serve_answers_texts_over_http_and_grpc_like_in_process_onnx_runtime(text_project):
+    """A promoted text model behind `headstart serve`: BYTES in ([batch, 1], config.pbtxt's reshape to the graph's
+    [batch]), over both protocols, equal to in-process ONNX Runtime; Triton's folder declares TYPE_STRING."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from tasks.serving.champions import promote
+    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tests.test_serve import Server
+
+    paths, params, _ = text_project
+    assert promote(paths, params, {"f1_macro": 0.9}, {"reason": "text"}, test_keys=["t"]) >= 1
+    folder = paths.models / "serving" / "triton" / params.export.triton_name
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    (spec,) = config.input
+    assert spec.name == "texts" and model_config_pb2.DataType.Name(spec.data_type) == "TYPE_STRING"
+    assert list(spec.dims) == [1] and spec.HasField("reshape") and list(spec.reshape.shape) == []
+    assert "onnxruntime-extensions" in (folder / "config.pbtxt").read_text()
+
+    texts = pd.read_parquet(paths.manifest).query("split == 'test'")["text"].head(9).tolist() + ["naïve café 😀"]
+    expected = OnnxClassifier(paths.onnx).probs(np.array(texts, dtype=object))
+    batch = np.array([[t.encode()] for t in texts], dtype=object)
+    srv = Server(paths.root)
+    try:
+        meta = srv.http().get_model_metadata(params.export.triton_name)
+        assert meta["inputs"] == [{"name": "texts", "datatype": "BYTES", "shape": [-1, 1]}]
+        inp = httpclient.InferInput("texts", [len(texts), 1], "BYTES")
+        inp.set_data_from_numpy(batch, binary_data=True)
+        got = srv.http().infer(params.export.triton_name, [inp]).as_numpy("probs")
+        assert np.abs(got - expected).max() < 1e-5
+        g = grpcclient.InferInput("texts", [len(texts), 1], "BYTES")
+        g.set_data_from_numpy(batch)
+        top = srv.grpc().infer(params.export.triton_name, [g],
+                               outputs=[grpcclient.InferRequestedOutput("probs", class_count=1)]).as_numpy("probs")
+        classes = json.loads(OnnxClassifier(paths.onnx).metadata["headstart.classes"])
+        assert [row[0].decode().split(":")[2] for row in top] == [classes[i] for i in expected.argmax(1)]
+        bad = httpclient.InferInput("texts", [1, 1], "BYTES")
+        bad.set_data_from_numpy(np.array([[b"\xff\xfe bad"]], dtype=object), binary_data=True)
+        with pytest.raises(Exception, match="not valid UTF-8"):
+            srv.http().infer(params.export.triton_name, [bad])
+    finally:
+        srv.stop()
+
+
+def test_fine_tuning_unfreezes_top_encoder_layers_and_a_tuned_text_model_exports_with_its_tokenizer(text_project,
+                                                                                                   tmp_path):
+    """last_n on a transformer: the top layers train (dropout on), the rest and the embeddings are frozen in eval
+    mode; one real epoch trains sanely; a tuned model exports from torch with the tokenizer prepended and passes the
+    parity gate against torch + Hugging Face's tokenizer."""
+    import torch
+
+    from tasks.model.head_format import Head
+    from tasks.model.modality import build_model, export_graph
+    from tasks.model.shipped_model import build_classifier
+    from tasks.model.torch_head import HeadModule
+    from tasks.serving.parity import compare, torch_probs
+    from tasks.training.finetune_run import train
+    from tasks.training.freezing import apply_depth, encoder_units, set_train_modes
+
+    paths, params, _ = text_project
+    p = project_params(paths, ["finetune.strategy=last_n", "finetune.last_n=2", "finetune.epochs=1",
+                               "finetune.batch_size=16", "finetune.threads=1"])
+    model, loaded = build_model(p, HeadModule(Head.load(paths.head)))
+    units = encoder_units(loaded.model, loaded.blocks)
+    assert units.names == ["layer 5", "layer 4", "layer 3", "layer 2", "layer 1", "layer 0", "embeddings"]
+    apply_depth(units, 2)
+    set_train_modes(model, units, 2, p.finetune.bn)
+    assert all(m.training for m in loaded.blocks[-2:]) and not any(m.training for m in loaded.blocks[:-2])
+    assert not loaded.model.hf.embeddings.training
+    assert all(q.requires_grad for q in loaded.blocks[-1].parameters())
+    assert not any(q.requires_grad for q in loaded.model.hf.embeddings.parameters())
+
+    summary = train(p, paths)
+    (epoch1,) = [r for r in pd.read_csv(paths.finetune / "history.csv").to_dict("records") if r["epoch"] == 1]
+    assert epoch1["depth"] == 2 and np.isfinite(epoch1["train_loss"]) and epoch1["train_loss"] < 2.0
+    assert epoch1["val_accuracy"] >= 0.6 and summary["epochs_run"] == 1
+
+    tuned = build_classifier(p, Head.load(paths.head)).state_dict()
+    torch.manual_seed(0)
+    for key in [k for k in tuned if "encoder.layer.5." in k and k.endswith("weight")]:
+        tuned[key] = tuned[key] + 0.01 * torch.randn_like(tuned[key])  # weights no frozen backbone has
+    model = build_classifier(p, Head.load(paths.head), tuned)
+    export_graph(model, tmp_path / "tuned.onnx", p, ["logits", "probs"])
+    texts = np.array(pd.read_parquet(paths.manifest)["text"].head(12).tolist() + TRICKY[:5], dtype=object)
+    report = compare(tmp_path / "tuned.onnx", torch_probs(p, model), texts, 1e-4, "torch eager")
+    assert report.passed, report
+    from tasks.core.stages import stage_function
+
+    stage_function("finetune")(params, paths)  # leave the module's project as it was: strategy none

@@ -20,7 +20,8 @@ from tasks.server.rest import tensor_bytes
 # typed `contents` field per V2 datatype
 _CONTENTS = {"UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
              "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-             "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BOOL": "bool_contents"}
+             "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BOOL": "bool_contents",
+             "BYTES": "bytes_contents"}
 
 
 def _tensors(request: pb.ModelInferRequest) -> list[WireTensor]:
@@ -35,7 +36,7 @@ def _tensors(request: pb.ModelInferRequest) -> list[WireTensor]:
         else:
             field = _CONTENTS.get(t.datatype)
             if field is None:
-                raise BadRequest(f"input '{t.name}': datatype {t.datatype} is not a numeric V2 datatype")
+                raise BadRequest(f"input '{t.name}': datatype {t.datatype} is not a V2 datatype")
             out.append(WireTensor(t.name, t.datatype, shape, values=list(getattr(t.contents, field))))
     return out
 

@@ -14,6 +14,7 @@ import numpy as np
 from tasks.core.hardware import resolve_threads
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
+from tasks.dataset.texts import normalise_text
 from tasks.server.batcher import DynamicBatcher
 from tasks.server.contract import V2_DTYPES, BadRequest, ModelContract
 from tasks.server.repository import Snapshot, load_snapshot, repository_fingerprint
@@ -53,9 +54,42 @@ class RequestedOutput:
     class_count: int = 0   # Triton's classification extension: top-k "score:index:label" strings instead of values
 
 
+def _texts(name: str, items: list, count: int) -> np.ndarray:
+    """BYTES elements as normalised texts (as ingest stores them: the model saw texts in this form), in an object
+    array; BadRequest for a count that does not fill the shape or bytes that are not UTF-8."""
+    if len(items) != count:
+        raise BadRequest(f"input '{name}' has {len(items)} elements, its shape needs {count}")
+    out = np.empty(count, dtype=object)
+    for i, item in enumerate(items):
+        try:
+            out[i] = normalise_text(item.decode("utf-8") if isinstance(item, bytes) else str(item))
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"input '{name}': element {i} is not valid UTF-8 (byte at offset {exc.start})") from None
+    return out
+
+
+def _split_bytes(name: str, raw: bytes) -> list[bytes]:
+    """The binary layout of a BYTES tensor: each element as a uint32 little-endian length, then its bytes."""
+    items, i = [], 0
+    while i < len(raw):
+        if i + 4 > len(raw):
+            raise BadRequest(f"input '{name}': BYTES data ends inside an element's 4-byte length")
+        n = int.from_bytes(raw[i : i + 4], "little")
+        if i + 4 + n > len(raw):
+            raise BadRequest(f"input '{name}': a BYTES element of {n} bytes runs past the data")
+        items.append(raw[i + 4 : i + 4 + n])
+        i += 4 + n
+    return items
+
+
 def decode_tensor(name: str, datatype: str, shape: list[int], raw: bytes | None, values) -> np.ndarray:
     """The numpy array of one input from raw little-endian bytes (binary extension / gRPC raw contents) or a JSON
-    list; BadRequest when the bytes or values do not fill `shape` exactly."""
+    list; BadRequest when the bytes or values do not fill `shape` exactly. BYTES inputs are texts: an object
+    array of normalised strings."""
+    if datatype == "BYTES":
+        count = int(np.prod([int(s) for s in shape])) if shape else 1
+        items = _split_bytes(name, raw) if raw is not None else list(values or [])
+        return _texts(name, items, count).reshape(shape)
     if datatype not in V2_DTYPES:
         raise BadRequest(f"input '{name}': datatype {datatype} is not a numeric V2 datatype")
     dtype = np.dtype(V2_DTYPES[datatype]).newbyteorder("<")
@@ -145,6 +179,8 @@ class InferenceService:
                 raise BadRequest(f"classification is offered on output 'probs' only, not '{r.name}'")
         names = sorted({r.name for r in requested})
         images = arrays[0]
+        if images.dtype == object:  # texts: the request's [batch, 1] is the graph's [batch] (config.pbtxt reshape)
+            images = images.reshape(-1)
         input_name = contract.inputs[0].name
 
         def run(batch: np.ndarray) -> list[np.ndarray]:
