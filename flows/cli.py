@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.set_defaults(func=cmd_server)
 
     pred = sub.add_parser("predict", help="top-k predictions of the exported model for files, folders or a CSV")
-    pred.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or CSVs with a path column")
+    pred.add_argument("inputs", nargs="+", help="image (or, for a text model, .txt) files, folders (searched "
+                                                "recursively) or CSVs with a path column (text: or a text column)")
     pred.add_argument("--model", default=None, help="an exported .onnx (default: the champion, else the candidate)")
     pred.add_argument("--top-k", type=int, default=3)
     pred.add_argument("--out", default=None, help="output .csv or .json (default: CSV on stdout)")

@@ -66,6 +66,7 @@ def build_text_backbone(p: BackboneParams, seed: int = 0) -> LoadedBackbone:
     from tasks.core.files import sha256_file
 
     hf_logging.set_verbosity_error()  # "some weights were not used" (the pooler of a sentence encoder) is expected
+    hf_logging.disable_progress_bar()  # a bar for loading 90 MB from local disk is noise in a stage's log
     spec = resolve_spec(p.name)
     folder = hf_folder(spec)
     if p.layer != "pooled":
