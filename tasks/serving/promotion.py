@@ -36,7 +36,7 @@ def compare(params: Params, paths: ProjectPaths) -> dict:
         present = set(split_rows(read_manifest(paths), "test")["sha256"])
         gone = len(holdout - present)
         if gone:
-            log(f"promotion: warning: {gone} of {len(holdout)} trusted hold-out images are no longer in the test split "
+            log(f"promotion: warning: {gone} of {len(holdout)} trusted hold-out samples are no longer in the test split "
                 f"(deleted or rejected since); the hold-out check uses the {len(holdout) - gone} still there")
     scores = score_models(models, params, paths, "test", {"holdout": holdout} if holdout else None)
     out = {"challenger": scores["challenger"]["all"], "champion": scores["champion"]["all"] if champion else None}
