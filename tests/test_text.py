@@ -222,10 +222,20 @@ def test_pretrained_minilm_transfers_and_random_init_does_not(text_project):
     manifest = pd.read_parquet(paths.manifest)
     train = manifest[manifest["split"] == "train"].groupby("label").head(10)
     held = manifest[manifest["split"] != "train"]
+    # the random-weights features are extracted by the stage's own process with sockets blocked (tests/netguard):
+    # transformers loads config, weights and tokenizer from the package folder, never from the hub
+    net_log = paths.root / "net-text.jsonl"
+    env = venv_env() | {"PYTHONPATH": str(REPO / "tests" / "netguard"), "HEADSTART_NET_GUARD_LOG": str(net_log)}
+    env.pop("HF_HUB_OFFLINE", None)  # the entry point must set it itself
+    cli = subprocess.run([sys.executable, "-m", "tasks.features", "-S", "backbone.weights=random"], cwd=paths.root,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    events = [json.loads(line) for line in net_log.read_text().splitlines()]
+    assert any(e["event"] == "start" for e in events) and [e for e in events if e["event"] == "blocked"] == []
     scores = {}
     for weights in ("default", "random"):
         p = project_params(paths, [f"backbone.weights={weights}"])
-        run_features(p, paths)
+        assert run_features(p, paths).extracted == 0
         store = open_store(p, paths)
         fit = LogisticRegression(C=1.0, max_iter=2000).fit(store.get(train["sha256"].tolist()), train["label"])
         scores[weights] = fit.score(store.get(held["sha256"].tolist()), held["label"])
@@ -323,3 +333,30 @@ def test_fine_tuning_unfreezes_top_encoder_layers_and_a_tuned_text_model_exports
     from tasks.core.stages import stage_function
 
     stage_function("finetune")(params, paths)  # leave the module's project as it was: strategy none
+
+
+def test_hf_folder_names_any_local_bert_checkpoint_and_cls_pooling_is_its_first_token(tmp_path):
+    import torch
+
+    from tasks.core.params import BackboneParams
+    from tasks.extraction.fingerprint import feature_fingerprint
+    from tasks.model.backbone_catalog import hf_folder, resolve_spec, weights_key
+    from tasks.model.text_backbones import build_text_backbone
+
+    folder = hf_folder(resolve_spec("minilm"))
+    local = BackboneParams(name=f"hf:{folder}", max_length=32)
+    assert resolve_spec(local.name).modality == "text"
+    assert weights_key(local) == weights_key(BackboneParams(name="minilm"))  # the same weights file
+    assert feature_fingerprint(local) != feature_fingerprint(BackboneParams(name="minilm", max_length=32))
+    with pytest.raises(UserError, match="not a local Hugging Face model folder"):
+        resolve_spec(f"hf:{tmp_path}")
+    with pytest.raises(UserError, match="text backbone takes its weights"):
+        weights_key(BackboneParams(name="minilm", weights="hub"))
+    ids = torch.tensor([[101, 7592, 2088, 102, 0]])
+    mask = (ids != 0).long()
+    cls = build_text_backbone(BackboneParams(name=f"hf:{folder}", pooling="cls")).model
+    with torch.inference_mode():
+        hidden = cls.hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.allclose(cls(ids, mask), hidden[:, 0])
+        cls.pooling = "mean"
+        assert torch.allclose(cls(ids, mask), hidden[0, :4].mean(0, keepdim=True), atol=1e-6)
