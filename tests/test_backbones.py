@@ -20,16 +20,32 @@ SIZE = 64  # tiny input: every catalog architecture still downsamples to at leas
 HEAVY_EXPORTS = {"vgg16"}
 
 
-@pytest.fixture(params=sorted(CATALOG))
-def built(request):
+IMAGE_BACKBONES = sorted(n for n, s in CATALOG.items() if s.modality == "image")  # text: tests/test_text.py
+
+
+def _build(name: str):
     torch.manual_seed(0)
-    loaded = build_backbone(BackboneParams(name=request.param, weights="random", input_size=SIZE), seed=0)
-    return request.param, loaded
+    if CATALOG[name].modality == "text":
+        from tasks.model.text_backbones import build_text_backbone
+
+        return build_text_backbone(BackboneParams(name=name, weights="random"), seed=0)
+    return build_backbone(BackboneParams(name=name, weights="random", input_size=SIZE), seed=0)
 
 
-def test_catalog_backbone_unfreezes_block_by_block(built):
-    name, loaded = built
-    units = backbone_units(loaded.model, loaded.blocks)
+@pytest.fixture(params=IMAGE_BACKBONES)
+def built(request):
+    return request.param, _build(request.param)
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_catalog_backbone_unfreezes_block_by_block(name):
+    loaded = _build(name)
+    if CATALOG[name].modality == "text":
+        from tasks.training.freezing import encoder_units
+
+        units = encoder_units(loaded.model, loaded.blocks)
+    else:
+        units = backbone_units(loaded.model, loaded.blocks)
     assert len(units) >= 3, f"{name}: last_n/gradual need a block list, got units {units.names}"
     everything = {id(p) for p in loaded.model.parameters()}
     covered = set()

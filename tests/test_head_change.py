@@ -91,7 +91,7 @@ def test_a_backbone_graph_that_disagrees_with_torch_is_never_kept(project, monke
     store = open_store(params, project)
     store.graph.unlink()
     store.graph_record_path.unlink()
-    real_export = backbone_graph.export_onnx
+    real_export = backbone_graph.export_graph
 
     def scaled_export(model, dest, *args, **kwargs):
         """The real export, then the graph's output scaled by 1.01: close, but not the model."""
@@ -104,13 +104,13 @@ def test_a_backbone_graph_that_disagrees_with_torch_is_never_kept(project, monke
         proto.graph.node.append(onnx.helper.make_node("Mul", [f"{out}_raw", "scale_1_01"], [out]))
         onnx.save(proto, str(dest))
 
-    monkeypatch.setattr(backbone_graph, "export_onnx", scaled_export)
+    monkeypatch.setattr(backbone_graph, "export_graph", scaled_export)
     with pytest.raises(UserError, match=r"backbone.onnx: the backbone graph disagrees with torch on 40 held-out "
-                                        r"images \(max \|f_onnx - f_torch\| = .* > .*\)"):
+                                        r"samples \(max \|f_onnx - f_torch\| = .* > .*\)"):
         backbone_graph.ensure_backbone_graph(params, store, lambda: _parity(params, project))
     assert not list(store.dir.glob("*backbone*"))  # neither the graph nor a record, nor a staging file
 
-    monkeypatch.setattr(backbone_graph, "export_onnx", real_export)
+    monkeypatch.setattr(backbone_graph, "export_graph", real_export)
     record = backbone_graph.ensure_backbone_graph(params, store, lambda: _parity(params, project))
     assert record["max_abs_diff"] <= record["tolerance"] and record["images"] == 40
     assert store.graph_record() == record  # the record names the graph's bytes
