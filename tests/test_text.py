@@ -350,6 +350,8 @@ def test_hf_folder_names_any_local_bert_checkpoint_and_cls_pooling_is_its_first_
     assert feature_fingerprint(local) != feature_fingerprint(BackboneParams(name="minilm", max_length=32))
     with pytest.raises(UserError, match="not a local Hugging Face model folder"):
         resolve_spec(f"hf:{tmp_path}")
+    with pytest.raises(UserError, match="max_length: 1024 tokens is more than 'minilm' has positions for .512."):
+        build_text_backbone(BackboneParams(name="minilm", max_length=1024))
     with pytest.raises(UserError, match="text backbone takes its weights"):
         weights_key(BackboneParams(name="minilm", weights="hub"))
     ids = torch.tensor([[101, 7592, 2088, 102, 0]])

@@ -84,6 +84,10 @@ def build_text_backbone(p: BackboneParams, seed: int = 0) -> LoadedBackbone:
     except (OSError, ValueError) as exc:
         raise UserError(f"backbone.name: '{folder}' does not load as a Hugging Face model "
                         f"({str(exc).splitlines()[0][:120]})") from None
+    limit = int(getattr(config, "max_position_embeddings", p.max_length))
+    if p.max_length > limit:
+        raise UserError(f"backbone.max_length: {p.max_length} tokens is more than '{spec.name}' has positions for "
+                        f"({limit}); use at most {limit}")
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
         raise UserError(f"backbone.name: '{folder}' is a {type(model).__name__}, not a BERT-family encoder")
     encoder = TextEncoder(model, p.pooling).eval()
