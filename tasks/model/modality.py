@@ -2,8 +2,8 @@
 "Modalities"): the torch model, how raw samples enter it, and how it is exported to a graph that takes raw samples.
 
 Raw samples are what the shipped graph takes and what every parity gate feeds it: uint8 NHWC pixels for images, a
-numpy array of Python strings (object dtype) for text. Stages and gates call these functions and never branch on the
-modality themselves.
+numpy array of Python strings (object dtype) for text. Gates and stages call these functions; what still branches
+outside (what ingest reads, the export contract, fine-tuning's inputs and units) is small and names the modality.
 """
 
 from __future__ import annotations
@@ -19,14 +19,6 @@ from tasks.model.backbone_catalog import hf_folder, modality_of, resolve_spec
 
 if TYPE_CHECKING:
     from torch import nn
-
-INPUT_NAMES = {"image": "images", "text": "texts"}
-
-
-def input_name(params: Params) -> str:
-    """The graph input's name: `images` or `texts`."""
-    return INPUT_NAMES[modality_of(params.backbone)]
-
 
 def build_model(params: Params, head: nn.Module | None = None):
     """The params' backbone (with `head`, when given) as the torch model that trains and ships, in eval mode, plus
