@@ -108,7 +108,7 @@ def test_csv_with_inline_texts_follows_the_manifest_schema(tmp_path):
     rows += [("a given test text about the league", "sport", "test"), ("", "business", ""),
              ("the shares and profits of company 0 rose", "sport", "")]  # a conflict with row 7
     csv = tmp_path / "texts.csv"
-    pd.DataFrame(rows, columns=["text", "label", "split"]).to_csv(csv, index=False)
+    pd.DataFrame(rows, columns=["text", "label", "split"]).to_csv(csv, index=False, encoding="utf-8-sig")  # a BOM
     paths = make_project(tmp_path / "proj", None, TEXT + [f"ingest.source={csv}"])
     run_ingest(project_params(paths), paths)
     manifest = pd.read_parquet(paths.manifest)

@@ -108,8 +108,10 @@ def _list_folder(source: Path, p: IngestParams, root: Path, modality: str, backb
 
 def _list_csv(source: Path, root: Path, p: IngestParams, modality: str, backbone: str) -> list[Candidate]:
     try:
-        df = pd.read_csv(source, dtype=str, keep_default_na=False,
-                         encoding=p.text_encoding if modality == "text" else "utf-8")
+        encoding = p.text_encoding if modality == "text" else "utf-8"
+        # a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which would otherwise prefix the first column name
+        encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+        df = pd.read_csv(source, dtype=str, keep_default_na=False, encoding=encoding)
     except Exception as exc:  # pandas raises many types for malformed CSVs
         raise UserError(f"{source}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
     inline = "text" in df.columns
