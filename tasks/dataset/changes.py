@@ -12,7 +12,7 @@ from tasks.core.paths import ProjectPaths
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_rejected
 from tasks.dataset.sources import list_sources
-from tasks.dataset.texts import check_decoded, decode_text
+from tasks.dataset.texts import check_decoded, read_text_file, text_sha256
 
 
 @dataclass
@@ -36,9 +36,11 @@ def _content_sha256(c, params: Params, modality: str, hashes: HashCache) -> str:
     if modality == "image":
         return hashes.sha256(c.path)
     p = params.ingest
-    check = check_decoded(c.text, p.max_text_bytes) if c.text is not None else \
-        decode_text(c.path.read_bytes(), p.text_encoding, p.max_text_bytes)
-    return check.sha256 if not check.reason else ""
+    if c.text is not None:  # inline in a CSV
+        check = check_decoded(c.text, p.max_text_bytes)
+        return check.sha256 if not check.reason else ""
+    text, _ = read_text_file(c.path, p.text_encoding, p.max_text_bytes)
+    return text_sha256(text) if text is not None else ""
 
 
 def detect_changes(params: Params, paths: ProjectPaths, modality: str = "image") -> DataChanges:

@@ -19,7 +19,7 @@ from tasks.extraction.backbone_graph import backbone_model, ensure_backbone_grap
 from tasks.extraction.engines import OrtEngine, TorchEngine, resolve_engine
 from tasks.extraction.feature_store import FeatureStore
 from tasks.model.backbone_catalog import modality_of
-from tasks.model.modality import tokenizer_for
+from tasks.model.modality import token_ids
 
 
 def make_engine(params: Params, store: FeatureStore, sample: Callable[[], np.ndarray] | None = None):
@@ -27,12 +27,7 @@ def make_engine(params: Params, store: FeatureStore, sample: Callable[[], np.nda
     `sample()` the first time (`tasks.extraction.backbone_graph`); with it in place, no torch is imported at all."""
     name = resolve_engine(params.features.engine)
     if name == "torch":
-        tokenize = None
-        if modality_of(params.backbone) == "text":
-            from tasks.model.tokenizer_graph import hf_token_ids
-
-            tokenizer, max_length = tokenizer_for(params), params.backbone.max_length
-            tokenize = lambda texts: hf_token_ids(tokenizer, texts, max_length)  # noqa: E731
+        tokenize = token_ids(params) if modality_of(params.backbone) == "text" else None
         return TorchEngine(backbone_model(params), params.features.threads, tokenize)
     ensure_backbone_graph(params, store, sample)
     return OrtEngine(store.graph, params.features.threads, spin=params.features.decode_workers == 0)

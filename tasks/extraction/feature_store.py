@@ -26,6 +26,7 @@ from tasks.core.files import atomic_path, atomic_write_text, sha256_file
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.dataset.manifest_samples import holds_texts
 from tasks.extraction.fingerprint import feature_fingerprint, feature_recipe
 
 _SHARD = re.compile(r"^\.?shard-(\d{6})")  # shard-000042.npy, its .keys.json, and their temp files (.shard-...)
@@ -130,7 +131,7 @@ class FeatureStore:
         """(sha256, source) of each manifest sample with no row yet, once per content: for an image the absolute
         path, in manifest order; for a text the text itself, shortest first (batches of similar length pad least)."""
         missing = self.missing(manifest["sha256"].tolist())
-        if "text" in manifest and len(manifest) and manifest["text"].notna().all():
+        if holds_texts(manifest):
             text = dict(zip(manifest["sha256"], manifest["text"]))
             return sorted(((k, text[k]) for k in missing), key=lambda kt: (len(kt[1]), kt[0]))
         first_path = dict(zip(manifest["sha256"], manifest["path"]))

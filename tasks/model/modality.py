@@ -42,18 +42,25 @@ def tokenizer_for(params: Params):
     return hf_tokenizer(hf_folder(resolve_spec(params.backbone.name)))
 
 
+def token_ids(params: Params) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """texts -> (input_ids, attention_mask) int64 by the Hugging Face tokenizer at `backbone.max_length`: the
+    reference the in-graph tokenizer must match, and what torch extraction and fine-tuning feed the model."""
+    from tasks.model.tokenizer_graph import hf_token_ids
+
+    tokenizer, max_length = tokenizer_for(params), params.backbone.max_length
+    return lambda texts: hf_token_ids(tokenizer, texts, max_length)
+
+
 def torch_runner(params: Params, model) -> Callable[[np.ndarray], object]:
     """raw samples -> the torch model's output (inference mode): pixels as they are, texts through the Hugging Face
     tokenizer at `backbone.max_length`, the reference the in-graph tokenizer must match."""
     import torch
 
     if modality_of(params.backbone) == "text":
-        from tasks.model.tokenizer_graph import hf_token_ids
-
-        tokenizer, max_length = tokenizer_for(params), params.backbone.max_length
+        tokenize = token_ids(params)
 
         def run_text(texts: np.ndarray):
-            ids, mask = hf_token_ids(tokenizer, texts, max_length)
+            ids, mask = tokenize(texts)
             with torch.inference_mode():
                 return model(torch.from_numpy(ids), torch.from_numpy(mask))
         return run_text

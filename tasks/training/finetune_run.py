@@ -35,7 +35,7 @@ from tasks.extraction.fingerprint import feature_fingerprint
 from tasks.model.backbone_catalog import modality_of
 from tasks.model.finetune_record import clear_finetune_outputs, head_sha256, write_finetune_summary
 from tasks.model.head_format import Head
-from tasks.model.modality import build_model, tokenizer_for
+from tasks.model.modality import build_model, token_ids
 from tasks.model.torch_head import HeadModule, random_like
 from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint, state_sha256
 from tasks.training.curves import plot_curves
@@ -154,11 +154,9 @@ def _inputs(params: Params, paths: ProjectPaths, train_rows: pd.DataFrame,
     """(train inputs, val inputs, batch maker): pixels from the pixel cache with augmentation, or token ids from the
     Hugging Face tokenizer (the in-graph tokenizer's reference) for text."""
     if modality_of(params.backbone) == "text":
-        from tasks.model.tokenizer_graph import hf_token_ids
-
-        tokenizer, max_length = tokenizer_for(params), params.backbone.max_length
-        x_train, _ = hf_token_ids(tokenizer, train_rows["text"].tolist(), max_length)
-        x_val, _ = hf_token_ids(tokenizer, val_rows["text"].tolist(), max_length)
+        tokenize = token_ids(params)
+        x_train, _ = tokenize(train_rows["text"].tolist())
+        x_val, _ = tokenize(val_rows["text"].tolist())
         return x_train, x_val, token_batches
     size, mode = params.backbone.input_size, params.backbone.resize
     limit = params.ingest.max_pixels
