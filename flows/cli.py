@@ -34,10 +34,13 @@ def _print_result(results: dict, seconds: float) -> None:
 
 def cmd_run(args) -> None:
     from flows.server import use_project_server
-    from tasks.dataset.sources import resolve_source
+    from tasks.dataset.sources import list_sources
+    from tasks.model.backbone_catalog import modality_of
 
-    # fail fast, before Prefect starts and before -S is written into params.yaml: a bad params file, override or source
-    resolve_source(load_params(overrides=args.set).ingest, default_paths().root)
+    # fail fast, before Prefect starts and before -S is written into params.yaml: a bad params file, override or
+    # source, or data of the other modality than the backbone's (listing reads no file)
+    params = load_params(overrides=args.set)
+    list_sources(params.ingest, default_paths().root, modality_of(params.backbone), params.backbone.name)
     t0 = time.perf_counter()
     use_project_server()
     from flows.train import train_flow

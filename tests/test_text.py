@@ -131,6 +131,11 @@ def test_an_image_backbone_on_text_data_is_a_one_line_params_error(tmp_path, cli
     cli = subprocess.run([sys.executable, "-m", "tasks.ingest"], cwd=paths.root, capture_output=True, text=True,
                          env=venv_env(), timeout=120)
     assert cli.returncode == 2 and "Traceback" not in cli.stderr and "image backbone" in cli.stderr.strip()
+    before = (paths.root / "params.yaml").read_text()
+    run_cli = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--no-commit", "-S", f"ingest.source={raw}"],
+                             cwd=paths.root, capture_output=True, text=True, env=venv_env(), timeout=120)
+    assert run_cli.returncode == 2 and run_cli.stderr.strip().splitlines()[-1].startswith("error: ingest.source:")
+    assert (paths.root / "params.yaml").read_text() == before  # refused before -S is written
     with pytest.raises(UserError, match="text backbone"):  # and the other way round
         run_ingest(project_params(paths, TEXT + [f"ingest.source={clipart_raw}"]), paths)
 
