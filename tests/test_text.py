@@ -117,6 +117,9 @@ def test_csv_with_inline_texts_follows_the_manifest_schema(tmp_path):
     given = manifest[manifest["text"] == "a given test text about the league"].iloc[0]
     assert given["split"] == "test" and given["group"].startswith("text:")
     reasons = pd.read_csv(paths.rejected)["reason"].tolist()
+    (tmp_path / "legacy.csv").write_bytes("text,label\ncafé crème,food\n".encode("cp1252"))
+    with pytest.raises(UserError, match=r"legacy.csv: cannot read as CSV .*set ingest.text_encoding"):
+        run_ingest(project_params(paths, [f"ingest.source={tmp_path / 'legacy.csv'}"]), paths)
     assert sum(r.startswith("empty") for r in reasons) == 1 and sum(r.startswith("label conflict") for r in reasons) == 2
 
 

@@ -113,7 +113,9 @@ def _list_csv(source: Path, root: Path, p: IngestParams, modality: str, backbone
         encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
         df = pd.read_csv(source, dtype=str, keep_default_na=False, encoding=encoding)
     except Exception as exc:  # pandas raises many types for malformed CSVs
-        raise UserError(f"{source}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+        hint = "; set ingest.text_encoding to the CSV's encoding (e.g. cp1252)" \
+            if isinstance(exc, UnicodeDecodeError) and modality == "text" else ""
+        raise UserError(f"{source}: cannot read as CSV ({str(exc).splitlines()[0]}){hint}") from None
     inline = "text" in df.columns
     if inline and modality == "image":
         raise UserError(f"ingest.source: {source} has a 'text' column (text data); {modality_hint(modality, backbone)}")
