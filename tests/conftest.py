@@ -67,8 +67,10 @@ def make_project(dest: Path, raw: Path | None, overrides: list[str] = (), dvc: b
     shutil.copytree(REPO / "tasks", dest / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     if raw is not None:
         shutil.copytree(raw, dest / "data" / "raw", copy_function=os.link)
-    # the data is at data/raw whatever the checkout's params.yaml points at (a user's own source must not leak in)
-    write_overrides(["ingest.source=data/raw", *TEST_OVERRIDES, *overrides], dest / "params.yaml")
+    # the data is at data/raw, read by the image backbone, whatever the checkout's params.yaml says (a user's own
+    # source, or `headstart demo --text`'s text backbone, must not leak in); text tests set their backbone themselves
+    write_overrides(["ingest.source=data/raw", "backbone.name=tf_efficientnet_lite0", *TEST_OVERRIDES, *overrides],
+                    dest / "params.yaml")
     if dvc:
         run(["git", "init", "-q"], dest)
         run(["git", "config", "user.email", "test@example.invalid"], dest)
