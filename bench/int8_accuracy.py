@@ -64,7 +64,7 @@ def _project(workdir: Path, size: int, n_train: int) -> Path:
 
 
 def _recipes() -> dict[str, dict]:
-    """Name -> keyword arguments of `tasks.serving.int8.quantize_int8` (its defaults are the shipped recipe)."""
+    """Name -> keyword arguments of `tasks.runtime.int8.quantize_int8` (its defaults are the shipped recipe)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
     return {
@@ -83,7 +83,7 @@ def _recipes() -> dict[str, dict]:
 
 def _score(path: Path, images: np.ndarray, reps: int = 50) -> tuple[np.ndarray, float, float]:
     """(predicted class indices, batch-1 median ms, batch-32 img/s) on `images`."""
-    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.runtime.onnx_classifier import OnnxClassifier
 
     clf = OnnxClassifier(path)
     clf.probs(images[:32])
@@ -109,8 +109,8 @@ def main() -> None:
     from tasks.core.params import load_params
     from tasks.core.paths import ProjectPaths
     from tasks.dataset.manifest_samples import split_images
-    from tasks.serving.int8 import quantize_int8
-    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.runtime.int8 import quantize_int8
+    from tasks.runtime.onnx_classifier import OnnxClassifier
 
     root = _project(args.workdir, args.size, args.train)
     paths = ProjectPaths(root)

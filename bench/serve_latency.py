@@ -34,7 +34,7 @@ def _percentiles(ms: list[float]) -> tuple[float, float]:
 
 
 def _in_process(model: Path, images: np.ndarray, n: int, threads: int) -> tuple[float, float, float]:
-    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.runtime.onnx_classifier import OnnxClassifier
 
     clf = OnnxClassifier(model, threads=threads)
     clf.probs(images[:1])
@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 def _start(root: Path, threads: int, batching: bool):
     http_port, grpc_port = _free_port(), _free_port()
-    cmd = [sys.executable, "-m", "tasks.server.main", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+    cmd = [sys.executable, "-m", "tasks.inference_server.main", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
            "--threads", str(threads)] + ([] if batching else ["--no-batching"])
     proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
     import tritonclient.http as httpclient
@@ -102,7 +102,7 @@ def main() -> None:
     from tasks.core.params import load_params
     from tasks.core.paths import default_paths
     from tasks.dataset.manifest_samples import split_images
-    from tasks.serving.champions import champion_model
+    from tasks.registry.champions import champion_model
 
     paths, params = default_paths(), load_params()
     model = champion_model(paths)

@@ -23,8 +23,8 @@ from tasks.core.paths import default_paths
 from tasks.dataset.manifest_samples import split_images
 from tasks.model.head_format import Head
 from tasks.model.shipped_model import build_classifier
-from tasks.serving.int8 import quantize_int8
-from tasks.serving.onnx_classifier import OnnxClassifier
+from tasks.runtime.int8 import quantize_int8
+from tasks.runtime.onnx_classifier import OnnxClassifier
 
 
 def measure(run, images: np.ndarray, reps: int) -> tuple[float, float, np.ndarray]:

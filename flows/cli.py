@@ -33,7 +33,7 @@ def _print_result(results: dict, seconds: float) -> None:
 
 
 def cmd_run(args) -> None:
-    from flows.server import use_project_server
+    from flows.prefect_api import use_project_server
     from tasks.dataset.sources import list_sources
     from tasks.model.backbone_catalog import modality_of
 
@@ -53,8 +53,8 @@ def cmd_run(args) -> None:
 
 def cmd_promote(args) -> None:
     from flows.dvc_sync import record_promotion
-    from tasks.serving.champions import serving_dir
-    from tasks.serving.promotion import judge_and_publish
+    from tasks.registry.champions import serving_dir
+    from tasks.registry.promotion import judge_and_publish
 
     paths = default_paths()
     if not paths.onnx.exists():
@@ -103,7 +103,7 @@ def cmd_stage(args) -> None:
 
 
 def cmd_retrain(args) -> None:
-    from flows.server import use_project_server
+    from flows.prefect_api import use_project_server
 
     use_project_server()
     from flows.retrain import retrain_flow
@@ -116,7 +116,7 @@ def cmd_retrain(args) -> None:
 def cmd_schedule(args) -> None:
     import datetime as dt
 
-    from flows.server import local_server
+    from flows.prefect_api import local_server
 
     if not args.cron and not args.interval:
         raise UserError("schedule: give --cron \"0 3 * * 1\" or --interval SECONDS")
@@ -131,7 +131,7 @@ def cmd_schedule(args) -> None:
 
 
 def cmd_server(args) -> None:
-    from flows.server import running_project_server, start_project_server, stop_project_server
+    from flows.prefect_api import running_project_server, start_project_server, stop_project_server
 
     if args.action == "stop":
         print("headstart server: stopped" if stop_project_server() else "headstart server: none was running")
@@ -142,8 +142,8 @@ def cmd_server(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from tasks.serving.champions import champion_model, champion_version
-    from tasks.serving.predict import predict
+    from tasks.registry.champions import champion_model, champion_version
+    from tasks.runtime.predict import predict
 
     paths = default_paths()
     model = args.model
@@ -157,7 +157,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from tasks.server.main import run_from_args
+    from tasks.inference_server.main import run_from_args
 
     run_from_args(args)
 
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=32)
     pred.set_defaults(func=cmd_predict)
 
-    from tasks.server.main import add_arguments as serve_arguments
+    from tasks.inference_server.main import add_arguments as serve_arguments
 
     serve = serve_arguments(sub.add_parser("serve", help="serve the champion over the V2 inference protocol (REST and "
                                                           "gRPC, as Triton does), switching on each promotion"))

@@ -35,7 +35,7 @@ def record_promotion(root: Path, version: int) -> None:
     champion) and, in a git repository, commit their two pointer files alone, naming the version: a fresh clone +
     `dvc pull` then restores the champion and the deploy repository."""
     from tasks.core.paths import ProjectPaths
-    from tasks.serving.champions import deployable_dirs
+    from tasks.registry.champions import deployable_dirs
 
     if not (root / ".dvc").is_dir():
         return

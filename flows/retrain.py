@@ -4,7 +4,7 @@ detect new/changed/removed files under `ingest.source` -> (nothing new and a cha
 (existing files keep their split) -> features (new images only) -> head -> finetune -> export -> evaluate -> score the
 challenger (models/model.onnx) and the champion on the same current test split and on the trusted hold-out -> promote
 the challenger unless it is worse by more than `retrain.tolerance` on `retrain.metric` (the gate:
-`tasks.serving.promotion`; else keep it under models/rejected/ with the reason; nothing deployable changes) -> `dvc
+`tasks.registry.promotion`; else keep it under models/rejected/ with the reason; nothing deployable changes) -> `dvc
 commit` -> record the promotion (`dvc add` + a git commit of the pointers) -> `dvc push` (with `retrain.push`). Every
 stage is the same function `dvc repro` runs; flows only compose.
 """
@@ -22,8 +22,8 @@ from tasks.core.params import PARAMS_FILE, Params, load_params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.dataset.changes import detect_changes
 from tasks.model.backbone_catalog import modality_of
-from tasks.serving.champions import champion_model, champion_version
-from tasks.serving.promotion import judge_and_publish
+from tasks.registry.champions import champion_model, champion_version
+from tasks.registry.promotion import judge_and_publish
 
 
 @task(name="detect-changes")
@@ -33,7 +33,7 @@ def detect_task(params: Params, paths: ProjectPaths):
 
 @task(name="judge-and-publish")
 def judge_task(params: Params, paths: ProjectPaths, context: dict) -> dict:
-    """The promotion gate (tasks.serving.promotion): promote the challenger or keep it aside."""
+    """The promotion gate (tasks.registry.promotion): promote the challenger or keep it aside."""
     return judge_and_publish(params, paths, context)
 
 

@@ -2,7 +2,7 @@
 
 When the artifact is a frozen backbone's composed graph whose backbone provably computed the cached features, its
 own head sub-graph runs on those features, checked end to end from image files on a sample
-(`tasks.serving.cached_scoring`); otherwise every image file runs through the whole graph.
+(`tasks.evaluation.cached_scoring`); otherwise every image file runs through the whole graph.
 
 Writes DVC metrics `models/metrics/metrics.json` (numbers only: accuracy; macro and weighted F1, precision, recall; n),
 `models/metrics/evaluation.json` (what was scored and how: split, artifact, end-to-end check, classes absent),
@@ -31,10 +31,10 @@ from tasks.dataset.manifest_samples import holds_texts, load_rows
 from tasks.extraction.feature_store import open_store
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
-from tasks.serving.cached_scoring import score_cached
-from tasks.serving.model_card import write_model_card
-from tasks.serving.onnx_classifier import OnnxClassifier
-from tasks.serving.scoring import compute_metrics
+from tasks.evaluation.cached_scoring import score_cached
+from tasks.registry.model_card import write_model_card
+from tasks.runtime.onnx_classifier import OnnxClassifier
+from tasks.evaluation.scoring import compute_metrics
 
 # the order `dvc exp show` lists them in: what decides between experiments first
 HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "precision_weighted",

@@ -47,7 +47,7 @@ from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
 from tasks.model.head_graph import compose_classifier
 from tasks.model.shipped_model import shipped_state
-from tasks.serving.parity import ParityReport, Probs, backbone_graph_then_head, compare, torch_probs
+from tasks.evaluation.parity import ParityReport, Probs, backbone_graph_then_head, compare, torch_probs
 
 
 class ExportParityError(UserError):
@@ -124,7 +124,7 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
         if p.int8:
             log(f"export: int8 skipped: {report['reason']}")
     else:
-        from tasks.serving.int8 import build_int8
+        from tasks.runtime.int8 import build_int8
 
         calib, _ = split_images(params, paths, "train", p.int8_calibration_images)
         val_x, val_y = split_images(params, paths, "val", 10_000)
@@ -147,7 +147,7 @@ def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
     record = ensure_backbone_graph(params, store, lambda: images)
     backbone = store.graph
     proto = compose_classifier(onnx.load(str(backbone)), head)
-    # what lets evaluate prove that this graph's backbone computed the cached features (tasks.serving.cached_scoring)
+    # what lets evaluate prove that this graph's backbone computed the cached features (tasks.evaluation.cached_scoring)
     meta = {"headstart.backbone_graph": json.dumps({
         "sha256": record["sha256"], "fingerprint": store.fingerprint,
         "vs_torch": {k: record[k] for k in ("images", "max_abs_diff", "tolerance", "torch", "onnxruntime")}})}

@@ -112,7 +112,7 @@ def _triton_schema():
 def test_triton_repository_parses_against_tritons_schema_and_matches_the_graph(exported, tmp_path):
     from google.protobuf import text_format
 
-    from tasks.serving.triton_repo import model_contract, write_triton_repo
+    from tasks.registry.triton_repo import model_contract, write_triton_repo
 
     paths, params, session, _, _ = exported
     schema = _triton_schema()
@@ -141,7 +141,7 @@ def test_triton_repository_parses_against_tritons_schema_and_matches_the_graph(e
 
 
 def test_predict_on_a_folder_reports_a_corrupt_file_on_its_row(exported, tmp_path):
-    from tasks.serving.predict import predict
+    from tasks.runtime.predict import predict
 
     paths, params, session, _, images = exported
     m = pd.read_parquet(paths.manifest)

@@ -257,7 +257,7 @@ def test_a_layer_list_is_each_layer_pooled_and_concatenated_through_features_hea
     from tasks.extraction.fingerprint import feature_fingerprint
     from tasks.model.head_format import Head
     from tasks.model.shipped_model import build_classifier
-    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.runtime.onnx_classifier import OnnxClassifier
 
     paths, _ = _features_project(tmp_path, clipart_raw)
     keys = pd.read_parquet(paths.manifest)["sha256"].tolist()

@@ -22,7 +22,7 @@ from tasks.model.backbones import build_backbone
 from tasks.model.head_format import Head
 from tasks.model.image_model import ImageModel
 from tasks.model.torch_head import HeadModule
-from tasks.serving.onnx_classifier import OnnxClassifier
+from tasks.runtime.onnx_classifier import OnnxClassifier
 from tasks.training.checkpoints import state_sha256
 from tasks.training.freezing import apply_depth, backbone_units, param_groups, set_train_modes
 from tests.conftest import make_project, project_params, venv_env

@@ -52,7 +52,7 @@ def test_explicit_class_weights_shift_the_decision_and_unknown_classes_are_named
 
 
 def test_macro_averages_cover_the_classes_present_in_the_split():
-    from tasks.serving.scoring import compute_metrics
+    from tasks.evaluation.scoring import compute_metrics
 
     y = np.array(["a", "a", "b", "b"])
     metrics, per_class = compute_metrics(y, np.array(["a", "a", "b", "a"]), ["a", "b", "c"])

@@ -16,7 +16,7 @@ from tests.conftest import REPO, venv_env
 from tests.import_graph import closure, code_deps, cycles, imports, is_docstring_only, modules
 
 # Lower layers never import higher ones; stages and flows sit above every layer.
-LAYERS = ["core", "dataset", "model", "extraction", "training", "serving", "server"]
+LAYERS = ["core", "dataset", "model", "extraction", "training", "runtime", "evaluation", "registry", "inference_server"]
 STAGE_MODULES = {f"tasks.{s}" for s in STAGES}
 
 
@@ -72,7 +72,7 @@ def test_each_dvc_stage_lists_exactly_the_code_it_runs():
 
 def test_the_closure_counts_imports_inside_functions():
     # evaluate imports the fine-tune record at the top and scores ONNX through imports inside functions
-    assert "tasks.serving.onnx_classifier" in closure("tasks.evaluate")
+    assert "tasks.runtime.onnx_classifier" in closure("tasks.evaluate")
     assert "tasks.model.mlp_fit" in closure("tasks.head")  # imported only when head.type is mlp
 
 

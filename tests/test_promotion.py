@@ -6,7 +6,7 @@ import json
 
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
-from tasks.serving.champions import champion_model, champion_version, promote, serving_dir, versions
+from tasks.registry.champions import champion_model, champion_version, promote, serving_dir, versions
 
 
 def _candidate(paths: ProjectPaths, classes: list[str], tag: str) -> None:
@@ -39,7 +39,7 @@ def test_a_contract_change_swaps_the_whole_model_folder_and_the_registry_keeps_e
 
 
 def test_promoting_the_champion_itself_again_is_a_no_op(tmp_path):
-    from tasks.serving.promotion import judge_and_publish
+    from tasks.registry.promotion import judge_and_publish
 
     paths, params = ProjectPaths(tmp_path), Params()
     _candidate(paths, ["cat", "dog"], "a")

@@ -38,7 +38,7 @@ def _sha(path) -> str:
 
 def _deploy_tree(paths) -> dict[str, str]:
     """sha256 of every file of the deployable set: the champion registry and the deploy repository."""
-    from tasks.serving.champions import deployable_dirs
+    from tasks.registry.champions import deployable_dirs
 
     return {f.relative_to(paths.models).as_posix(): _sha(f) for d in deployable_dirs(paths)
             for f in sorted(d.rglob("*")) if f.is_file()}
@@ -60,7 +60,7 @@ def _poison(clipart_raw, dest_root) -> None:
 
 def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
     from flows.retrain import retrain_flow
-    from tasks.serving.champions import champion_model, holdout_keys, serving_dir
+    from tasks.registry.champions import champion_model, holdout_keys, serving_dir
 
     paths, later = retrain_project
     root = str(paths.root)
@@ -120,7 +120,7 @@ def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
 
 def test_two_rejections_in_the_same_second_get_two_folders(tmp_path):
     from tasks.core.paths import ProjectPaths
-    from tasks.serving.champions import keep_rejected
+    from tasks.registry.champions import keep_rejected
 
     paths = ProjectPaths(tmp_path)
     paths.models.mkdir()
@@ -133,13 +133,13 @@ def test_two_rejections_in_the_same_second_get_two_folders(tmp_path):
 
 def test_a_fresh_clone_and_dvc_pull_restore_the_champion_and_the_deploy_repository(retrain_project, tmp_path):
     from tasks.core.paths import ProjectPaths
-    from tasks.serving.champions import champion_model, champion_version
+    from tasks.registry.champions import champion_model, champion_version
 
     paths, _ = retrain_project
     if champion_version(paths) is None:  # stands alone: make a champion if the lifecycle test did not run first
         from flows.dvc_sync import record_promotion
         from tasks.core.stages import STAGES, stage_function
-        from tasks.serving.promotion import judge_and_publish
+        from tasks.registry.promotion import judge_and_publish
         from tests.conftest import project_params
 
         params = project_params(paths)

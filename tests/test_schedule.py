@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from flows.server import wait_healthy
+from flows.prefect_api import wait_healthy
 from tests.conftest import free_port, make_project, venv_env
 
 
@@ -102,7 +102,7 @@ def test_interval_schedule_triggers_a_retrain_run(tmp_path, clipart_raw, prefect
             states = [r["state"] for r in _deployment_runs(env, "headstart-retrain")]
             assert served.poll() is None, "the schedule process exited"
         assert "COMPLETED" in states, states
-        from tasks.serving.champions import champion_model
+        from tasks.registry.champions import champion_model
 
         assert champion_model(paths) is not None  # the scheduled run retrained and promoted
     finally:

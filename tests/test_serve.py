@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 def _promote(paths, params, tag: str) -> int:
-    from tasks.serving.champions import promote
+    from tasks.registry.champions import promote
 
     return promote(paths, params, {"f1_macro": 0.5}, {"reason": tag}, test_keys=[tag])
 
@@ -45,7 +45,7 @@ def champion_project(built_project, tmp_path_factory):
 
 
 class Server:
-    """`python -m tasks.server.main` on free loopback ports; stopped (SIGTERM) on exit."""
+    """`python -m tasks.inference_server.main` on free loopback ports; stopped (SIGTERM) on exit."""
 
     def __init__(self, root: Path, *extra: str):
         self.http_port, self.grpc_port = free_port(), free_port()
@@ -53,7 +53,7 @@ class Server:
         self.net_log = root / f"net-{self.http_port}.jsonl"  # the offline guard of tests/netguard, as in test_offline
         env = venv_env() | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "netguard"), str(REPO)]),
                             "HEADSTART_NET_GUARD_LOG": str(self.net_log)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.server.main", "--http-port", str(self.http_port),
+        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.inference_server.main", "--http-port", str(self.http_port),
                                       "--grpc-port", str(self.grpc_port), "--poll-seconds", "0.2", "--threads", "1",
                                       *extra], cwd=root, env=env,
                                      stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
@@ -143,7 +143,7 @@ def test_v2_metadata_over_http_and_grpc_is_the_deploy_repositorys_config_pbtxt(s
 
 
 def test_predictions_over_http_and_grpc_equal_in_process_onnx_runtime_with_batching_on(server, champion_project):
-    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.runtime.onnx_classifier import OnnxClassifier
 
     paths, params = champion_project
     name = params.export.triton_name

@@ -158,8 +158,8 @@ def test_the_exported_model_takes_strings_and_matches_torch(text_project):
     import torch
 
     from tasks.model.shipped_model import shipped_classifier
-    from tasks.serving.onnx_classifier import OnnxClassifier
-    from tasks.serving.parity import torch_probs
+    from tasks.runtime.onnx_classifier import OnnxClassifier
+    from tasks.evaluation.parity import torch_probs
 
     paths, params, results = text_project
     clf = OnnxClassifier(paths.onnx)
@@ -205,7 +205,7 @@ def test_predict_reads_text_files_and_csv_texts_without_torch_or_transformers(te
     (folder / "b.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")  # an image named .txt
     pd.DataFrame({"text": ["Shares fell as the bank reported lower profits and the market slid."]}).to_csv(
         tmp_path / "texts.csv", index=False)
-    probe = ("import sys, json; from tasks.serving.predict import predict; "
+    probe = ("import sys, json; from tasks.runtime.predict import predict; "
              f"predict([{str(folder)!r}, {str(tmp_path / 'texts.csv')!r}], model={str(paths.onnx)!r}, "
              f"out={str(tmp_path / 'out.json')!r}); "
              "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
@@ -258,8 +258,8 @@ def test_headstart_serve_answers_texts_over_http_and_grpc_like_in_process_onnx_r
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from tasks.serving.champions import promote
-    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.registry.champions import promote
+    from tasks.runtime.onnx_classifier import OnnxClassifier
     from tests.test_serve import Server
 
     paths, params, _ = text_project
@@ -307,7 +307,7 @@ def test_fine_tuning_unfreezes_top_encoder_layers_and_a_tuned_text_model_exports
     from tasks.model.modality import build_model, export_graph
     from tasks.model.shipped_model import build_classifier
     from tasks.model.torch_head import HeadModule
-    from tasks.serving.parity import compare, torch_probs
+    from tasks.evaluation.parity import compare, torch_probs
     from tasks.training.finetune_run import train
     from tasks.training.freezing import apply_depth, encoder_units, set_train_modes
 

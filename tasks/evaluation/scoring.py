@@ -15,7 +15,7 @@ from tasks.core.progress import log
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.dataset.manifest_samples import holds_texts, load_rows
-from tasks.serving.onnx_classifier import OnnxClassifier
+from tasks.runtime.onnx_classifier import OnnxClassifier
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:

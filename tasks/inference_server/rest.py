@@ -15,8 +15,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tasks.server.contract import BadRequest, NotFound
-from tasks.server.inference import InferenceService, RequestedOutput, Tensor, WireTensor
+from tasks.inference_server.contract import BadRequest, NotFound
+from tasks.inference_server.inference import InferenceService, RequestedOutput, Tensor, WireTensor
 
 HEADER = "Inference-Header-Content-Length"
 

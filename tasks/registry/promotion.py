@@ -2,7 +2,7 @@
 
 Both models run through ONNX Runtime on the current test split and on the trusted hold-out (every promoted
 version's test split): a batch of mislabelled new images poisons the current test split for both models alike,
-never the hold-out. The rule itself is `tasks.serving.champions.decide`. Used by `headstart promote`, by the demo
+never the hold-out. The rule itself is `tasks.registry.champions.decide`. Used by `headstart promote`, by the demo
 and by the retrain flow.
 """
 
@@ -16,7 +16,7 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.serving.champions import (
+from tasks.registry.champions import (
     champion_model,
     champion_version,
     decide,
@@ -24,7 +24,7 @@ from tasks.serving.champions import (
     keep_rejected,
     promote,
 )
-from tasks.serving.scoring import score_models
+from tasks.evaluation.scoring import score_models
 
 
 def compare(params: Params, paths: ProjectPaths) -> dict:

@@ -23,7 +23,7 @@ from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text
 from tasks.core.params import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
 from tasks.core.progress import Progress, log
-from tasks.serving.onnx_classifier import OnnxClassifier
+from tasks.runtime.onnx_classifier import OnnxClassifier
 
 
 def collect_inputs(items: list[str], modality: str = "image") -> list[Path | tuple[str, str]]:

@@ -25,7 +25,7 @@ from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.dataset.manifest_samples import load_rows, sample_decoder
 from tasks.extraction.feature_store import FeatureStore
-from tasks.serving.onnx_classifier import OnnxClassifier
+from tasks.runtime.onnx_classifier import OnnxClassifier
 
 
 def why_not_cached(clf: OnnxClassifier, paths: ProjectPaths, keys: list[str]) -> tuple[FeatureStore | None, str]:

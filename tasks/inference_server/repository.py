@@ -17,10 +17,10 @@ import numpy as np
 
 from tasks.core.errors import UserError
 from tasks.core.paths import ProjectPaths
-from tasks.server.contract import ModelContract, NotFound, parse_contract, read_contract
-from tasks.serving.champions import champion_version, registry_dir, serving_dir, version_contract, versions
-from tasks.serving.onnx_classifier import open_session
-from tasks.serving.triton_repo import config_pbtxt
+from tasks.inference_server.contract import ModelContract, NotFound, parse_contract, read_contract
+from tasks.registry.champions import champion_version, registry_dir, serving_dir, version_contract, versions
+from tasks.runtime.onnx_classifier import open_session
+from tasks.registry.triton_repo import config_pbtxt
 
 
 @dataclass

@@ -13,9 +13,9 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from tasks.server.contract import BadRequest, NotFound
-from tasks.server.inference import InferenceService, RequestedOutput, WireTensor
-from tasks.server.rest import tensor_bytes
+from tasks.inference_server.contract import BadRequest, NotFound
+from tasks.inference_server.inference import InferenceService, RequestedOutput, WireTensor
+from tasks.inference_server.rest import tensor_bytes
 
 # typed `contents` field per V2 datatype
 _CONTENTS = {"UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",

@@ -12,7 +12,7 @@ Layout under `models/` (both folders DVC-tracked with `dvc add`; their pointers 
     rejected/<UTC time>[-n]/   challengers that lost, with reason.json, for inspection (never deployable)
 
 A plain run builds a *candidate* in `models/` (model.onnx, labels.txt, MODEL_CARD.md); nothing here changes until
-`promote` is called, which the gate in `tasks.serving.promotion` decides.
+`promote` is called, which the gate in `tasks.registry.promotion` decides.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.model.backbone_catalog import modality_of
-from tasks.serving.triton_repo import model_contract, write_triton_repo
+from tasks.registry.triton_repo import model_contract, write_triton_repo
 
 _VERSION = re.compile(r"^v(\d{4,})$")
 ARTIFACTS = ("model.onnx", "labels.txt", "MODEL_CARD.md")

@@ -1,6 +1,6 @@
 """The protocol-independent core of `headstart serve`: the V2 (Open Inference Protocol) operations on the current
 repository snapshot, request checks against the contract, dynamic batching, Triton's classification extension, and
-the hot switch when a promotion lands. REST (`tasks.server.rest`) and gRPC (`tasks.server.grpc_service`) only
+the hot switch when a promotion lands. REST (`tasks.inference_server.rest`) and gRPC (`tasks.inference_server.grpc_service`) only
 translate their wire formats to these calls.
 """
 
@@ -15,9 +15,9 @@ from tasks.core.hardware import resolve_threads
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.dataset.texts import normalise_text
-from tasks.server.batcher import DynamicBatcher
-from tasks.server.contract import V2_DTYPES, BadRequest, ModelContract
-from tasks.server.repository import Snapshot, load_snapshot, repository_fingerprint
+from tasks.inference_server.batcher import DynamicBatcher
+from tasks.inference_server.contract import V2_DTYPES, BadRequest, ModelContract
+from tasks.inference_server.repository import Snapshot, load_snapshot, repository_fingerprint
 
 SERVER_NAME = "headstart"
 EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]

@@ -100,7 +100,7 @@ def quantize_int8(fp32_path: Path, dest: Path, calibration: np.ndarray, *, quant
 
 
 def _accuracy_and_speed(path: Path, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[float, float]:
-    from tasks.serving.onnx_classifier import OnnxClassifier
+    from tasks.runtime.onnx_classifier import OnnxClassifier
 
     clf = OnnxClassifier(path)
     clf.probs(images[:8])

@@ -1,5 +1,5 @@
 """`headstart serve`: the champion over the V2 protocol, REST (uvicorn + FastAPI) and gRPC (grpc.aio) in one process
-and one event loop, with the registry watched for promotions. Runnable alone: `python -m tasks.server.main`.
+and one event loop, with the registry watched for promotions. Runnable alone: `python -m tasks.inference_server.main`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ async def serve_forever(paths: ProjectPaths, host: str = "127.0.0.1", http_port:
     a one-line UserError; both listeners close on the way out."""
     import uvicorn
 
-    from tasks.server.grpc_service import build_grpc_server
-    from tasks.server.inference import InferenceService
-    from tasks.server.rest import build_app
+    from tasks.inference_server.grpc_service import build_grpc_server
+    from tasks.inference_server.inference import InferenceService
+    from tasks.inference_server.rest import build_app
 
     check_port_free(host, http_port, "REST", "--http-port")
     check_port_free(host, grpc_port, "gRPC", "--grpc-port")

@@ -1,1 +1,0 @@
-"""Serving: the ONNX classifier, scoring, int8, the Triton repository, predict, the model card, champions."""
