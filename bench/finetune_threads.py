@@ -36,8 +36,9 @@ from tasks.core.params import AugmentParams, BackboneParams, FinetuneParams
 from tasks.dataset.images import load_uint8
 from tasks.model.backbones import build_backbone
 from tasks.model.image_model import ImageModel
-from tasks.training.epoch import make_augment
-from tasks.training.freezing import apply_depth, backbone_units, param_groups, set_train_modes
+from tasks.model.batches import make_augment
+from tasks.model.units import backbone_units
+from tasks.training.freezing import apply_depth, param_groups, set_train_modes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -108,15 +108,15 @@ def main() -> None:
 
     from tasks.core.params import load_params
     from tasks.core.paths import ProjectPaths
-    from tasks.dataset.manifest_samples import split_images
+    from tasks.modality.samples import split_samples
     from tasks.runtime.int8 import quantize_int8
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
     root = _project(args.workdir, args.size, args.train)
     paths = ProjectPaths(root)
     params = load_params(root / "params.yaml")
-    test, labels = split_images(params, paths, "test", 10_000)
-    calib, _ = split_images(params, paths, "train", args.calibration)
+    test, labels = split_samples(params, paths, "test", 10_000)
+    calib, _ = split_samples(params, paths, "train", args.calibration)
     fp32_pred, fp32_ms, fp32_ips = _score(paths.onnx, test)
     classes = np.array(OnnxClassifier(paths.onnx).classes)
     fp32_acc = float((classes[fp32_pred] == labels).mean())

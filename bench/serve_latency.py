@@ -101,14 +101,14 @@ def main() -> None:
 
     from tasks.core.params import load_params
     from tasks.core.paths import default_paths
-    from tasks.dataset.manifest_samples import split_images
+    from tasks.modality.samples import split_samples
     from tasks.registry.champions import champion_model
 
     paths, params = default_paths(), load_params()
     model = champion_model(paths)
     if model is None:
         raise SystemExit("no champion: run `headstart demo` first")
-    images, _ = split_images(params, paths, "test", 64)
+    images, _ = split_samples(params, paths, "test", 64)
     name = params.export.triton_name
     base = _in_process(model, images, args.requests, args.threads)
     rows = [("in-process ONNX Runtime (baseline)", 1, *base),

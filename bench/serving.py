@@ -20,9 +20,9 @@ import torch
 
 from tasks.core.params import load_params
 from tasks.core.paths import default_paths
-from tasks.dataset.manifest_samples import split_images
+from tasks.modality.samples import split_samples
 from tasks.model.head_format import Head
-from tasks.model.shipped_model import build_classifier
+from tasks.modality.shipped_model import build_classifier
 from tasks.runtime.int8 import quantize_int8
 from tasks.runtime.onnx_classifier import OnnxClassifier
 
@@ -48,8 +48,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128)
     args = ap.parse_args()
     params, paths = load_params(), default_paths()
-    images, _ = split_images(params, paths, "test", args.images)
-    calib, _ = split_images(params, paths, "train", params.export.int8_calibration_images)
+    images, _ = split_samples(params, paths, "test", args.images)
+    calib, _ = split_samples(params, paths, "train", params.export.int8_calibration_images)
     model = build_classifier(params, Head.load(paths.head))
     torch.set_num_threads(2)
 

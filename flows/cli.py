@@ -22,25 +22,25 @@ def _print_result(results: dict, seconds: float) -> None:
         return os.path.relpath(p, paths.root)
 
     print(f"\nheadstart: done in {seconds:.0f}s")
-    from tasks.model.backbone_catalog import modality_of
+    from tasks.modality.registry import modality_for
 
-    text = modality_of(load_params().backbone) == "text"
-    takes = "UTF-8 strings" if text else "uint8 NHWC"
-    print(f"  model    {rel(ex['onnx'])}  (ONNX, {takes} input, labels in {rel(ex['labels'])})")
+    modality = modality_for(load_params().backbone)
+    print(f"  model    {rel(ex['onnx'])}  (ONNX, raw {modality.noun} in, labels in {rel(ex['labels'])})")
     print(f"  metrics  {rel(ev['metrics_path'])}  (per class: models/metrics/per_class.json)")
     print(f"  plots    {rel(ev['confusion_png'])}")
-    print(f"  {ev['split']} accuracy {ev['accuracy']:.3f}, macro F1 {ev['f1_macro']:.3f} on {ev['n']} {'texts' if text else 'images'}")
+    print(f"  {ev['split']} accuracy {ev['accuracy']:.3f}, macro F1 {ev['f1_macro']:.3f} on {ev['n']} {modality.noun}")
 
 
 def cmd_run(args) -> None:
     from flows.prefect_api import use_project_server
     from tasks.dataset.sources import list_sources
-    from tasks.model.backbone_catalog import modality_of
+    from tasks.modality.registry import modality_for, others_than
 
     # fail fast, before Prefect starts and before -S is written into params.yaml: a bad params file, override or
     # source, or data of the other modality than the backbone's (listing reads no file)
     params = load_params(overrides=args.set)
-    list_sources(params.ingest, default_paths().root, modality_of(params.backbone), params.backbone.name)
+    modality = modality_for(params.backbone)
+    list_sources(params.ingest, default_paths().root, modality, params.backbone.name, others_than(modality))
     t0 = time.perf_counter()
     use_project_server()
     from flows.train import train_flow
@@ -130,15 +130,18 @@ def cmd_schedule(args) -> None:
         retrain_flow.serve(name=args.name, parameters={"root": str(default_paths().root)}, limit=1, **schedule)
 
 
-def cmd_server(args) -> None:
+def cmd_prefect(args) -> None:
     from flows.prefect_api import running_project_server, start_project_server, stop_project_server
 
+    if args.command == "server":
+        print("headstart server: deprecated, use `headstart prefect` (the local Prefect API; `headstart serve` is the "
+              "inference server); this alias goes in the next release", file=sys.stderr)
     if args.action == "stop":
-        print("headstart server: stopped" if stop_project_server() else "headstart server: none was running")
+        print("headstart prefect: stopped" if stop_project_server() else "headstart prefect: none was running")
         return
     state = start_project_server() if args.action == "start" else running_project_server()
-    print(f"headstart server: {state['api'].removesuffix('/api')} (pid {state['pid']})" if state
-          else "headstart server: not running (the next `headstart run` starts it)")
+    print(f"headstart prefect: {state['api'].removesuffix('/api')} (pid {state['pid']})" if state
+          else "headstart prefect: not running (the next `headstart run` starts it)")
 
 
 def cmd_predict(args) -> None:
@@ -168,14 +171,15 @@ def cmd_repro(args) -> None:
     print(dvc_command(default_paths().root, "repro", *args.dvc_args, timeout=24 * 3600), end="")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="headstart", description="Transfer learning: images -> deployable classifier.")
-    sub = ap.add_subparsers(dest="command", required=True)
+def _with_overrides(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a param (written to params.yaml, like `dvc exp run -S`)")
+    return p
 
-    def with_overrides(p):
-        p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="set a param (written to params.yaml, like `dvc exp run -S`)")
-        return p
+
+def _pipeline_commands(sub) -> None:
+    """run, demo, stage, promote, retrain, schedule: the commands that build and judge models."""
+    with_overrides = _with_overrides
 
     run = with_overrides(sub.add_parser("run", help="run the whole pipeline as a Prefect flow, then dvc commit"))
     run.add_argument("--no-commit", action="store_true", help="do not record the run with `dvc commit`")
@@ -210,9 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="port of the local Prefect server started when PREFECT_API_URL is not set")
     schedule.set_defaults(func=cmd_schedule)
 
-    server = sub.add_parser("server", help="the project's Prefect server, which stays up between runs (127.0.0.1)")
+
+def _model_commands(sub) -> None:
+    """predict, serve, repro, and the local Prefect API's lifecycle."""
+    prefect = sub.add_parser("prefect", help="the project's local Prefect API, which stays up between runs "
+                                             "(127.0.0.1)")
+    prefect.add_argument("action", choices=["status", "start", "stop"])
+    prefect.set_defaults(func=cmd_prefect)
+    server = sub.add_parser("server", help="deprecated: `headstart prefect` (one release)")
     server.add_argument("action", choices=["status", "start", "stop"])
-    server.set_defaults(func=cmd_server)
+    server.set_defaults(func=cmd_prefect)
 
     pred = sub.add_parser("predict", help="top-k predictions of the exported model for files, folders or a CSV")
     pred.add_argument("inputs", nargs="+", help="image (or, for a text model, .txt) files, folders (searched "
@@ -232,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     repro = sub.add_parser("repro", help="`dvc repro` with the project's Python on PATH")
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER)
     repro.set_defaults(func=cmd_repro)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `headstart` argument parser; building it imports neither torch nor Prefect."""
+    ap = argparse.ArgumentParser(prog="headstart", description="Transfer learning: images or texts -> a deployable "
+                                                               "classifier.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _pipeline_commands(sub)
+    _model_commands(sub)
     return ap
 
 

@@ -55,11 +55,12 @@ from tasks.core.params import PARAMS_FILE, Params, load_params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.dataset.manifest import read_manifest
-from tasks.dataset.manifest_samples import parity_images
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.engines import resolve_engine
 from tasks.extraction.feature_store import FeatureStore, acquire, open_store
 from tasks.extraction.part_stores import extract_part, merge_parts, split_chunks
+from tasks.modality.registry import modality_for
+from tasks.modality.samples import parity_samples
 
 ADDRESS_ENV = "HEADSTART_DASK_ADDRESS"
 
@@ -156,7 +157,7 @@ def _dask_context(address: str | None):
 def _ensure_onnx_backbone(params: Params, paths: ProjectPaths, store: FeatureStore) -> None:
     """Make (and check against torch) the store's backbone graph once, here, unless every worker will run torch."""
     if params.features.engine != "torch":
-        ensure_backbone_graph(params, store, lambda: parity_images(params, paths))
+        ensure_backbone_graph(params, store, lambda: parity_samples(params, paths))
 
 
 @flow(name="headstart-features-distributed", log_prints=True)
@@ -177,7 +178,7 @@ def extract_features_distributed(root: str | None = None, shards: int = 2, addre
     try:
         store.clean_orphans()
         salvaged, _ = merge_parts(store, params.features.shard_size)  # leftovers of an interrupted run
-        todo = store.missing_samples(manifest, paths.root)
+        todo = store.missing_samples(manifest, paths.root, modality_for(params.backbone))
         chunks = split_chunks(todo, shards, params.features.batch_size)
         files = 0
         if chunks:

@@ -3,7 +3,7 @@
 - **The project's server** (`project_server`): `headstart run`, `demo` and `retrain` talk to a server that stays up
   between runs, so a run pays for connecting, not for starting a temporary API (~15-20 s on 2 cores). It starts on
   first use on a free port, detached from the terminal, and keeps Prefect's own conventions: its pid is in
-  `$PREFECT_HOME/server.pid` (so `prefect server stop` stops it, as does `headstart server stop`), its database in
+  `$PREFECT_HOME/server.pid` (so `prefect server stop` stops it, as does `headstart prefect stop`), its database in
   `$PREFECT_HOME` (the project's `.prefect/`), its log in `.prefect/server.log`. `HEADSTART_PREFECT_SERVER=temporary`
   keeps Prefect's temporary per-run server instead (what the tests use: they never leave a server running).
 - **A schedule's server** (`local_server`): `headstart schedule` runs one for as long as it serves, on its own port.
@@ -135,7 +135,7 @@ def start_project_server() -> dict:
         stop_project_server()
         raise UserError(f"the project's Prefect server did not start; see {home / 'server.log'}") from None
     print(f"Prefect server for this project started on {api.removesuffix('/api')} (127.0.0.1 only); it stays up "
-          f"for the next runs: `headstart server stop` stops it", file=sys.stderr)
+          f"for the next runs: `headstart prefect stop` stops it", file=sys.stderr)
     return state
 
 

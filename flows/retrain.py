@@ -21,14 +21,15 @@ from flows.train import STAGE_TASKS, STAGES
 from tasks.core.params import PARAMS_FILE, Params, load_params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.dataset.changes import detect_changes
-from tasks.model.backbone_catalog import modality_of
+from tasks.modality.registry import modality_for, others_than
 from tasks.registry.champions import champion_model, champion_version
 from tasks.registry.promotion import judge_and_publish
 
 
 @task(name="detect-changes")
 def detect_task(params: Params, paths: ProjectPaths):
-    return detect_changes(params, paths, modality_of(params.backbone))
+    modality = modality_for(params.backbone)
+    return detect_changes(params, paths, modality, others_than(modality))
 
 
 @task(name="judge-and-publish")

@@ -27,14 +27,14 @@ from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.dataset.manifest_samples import holds_texts, load_rows
+from tasks.evaluation.cached_scoring import score_cached
+from tasks.evaluation.scoring import compute_metrics
 from tasks.extraction.feature_store import open_store
+from tasks.modality.registry import modality_for
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
-from tasks.evaluation.cached_scoring import score_cached
 from tasks.registry.model_card import write_model_card
 from tasks.runtime.onnx_classifier import OnnxClassifier
-from tasks.evaluation.scoring import compute_metrics
 
 # the order `dvc exp show` lists them in: what decides between experiments first
 HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "precision_weighted",
@@ -96,9 +96,8 @@ def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str)
             return probs, (f"{rel}: its head sub-graph on cached features computed by its own backbone graph; the "
                            f"whole graph from the samples agrees on {check['images']} of them (max |dp| "
                            f"{check['max_abs_diff_probs']:.1e})"), check
-    images = load_rows(rows, paths, clf.input_size, clf.resize, params.ingest.max_pixels)
-    source = "the manifest's texts" if clf.modality == "text" else "image files"
-    return clf.probs_batched(images), f"{rel} via ONNX Runtime from {source}", {}
+    samples = clf.load_rows(rows, paths, params.ingest.max_pixels)
+    return clf.probs_batched(samples), f"{rel} via ONNX Runtime from {clf.modality.stored_as}", {}
 
 
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
@@ -150,7 +149,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     write_model_card(params, paths, manifest, metrics | how, per_class)
     int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
     log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
-        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} {'texts' if holds_texts(rows) else 'images'} ({scored}){int8} in "
+        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} {modality_for(params.backbone).noun} ({scored}){int8} in "
         f"{time.perf_counter() - t0:.1f}s -> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, "
         f"{png.relative_to(paths.root)}")
     return EvaluateSummary(split, int(len(y)), metrics["accuracy"], metrics["f1_macro"],

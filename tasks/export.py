@@ -1,12 +1,11 @@
-"""Stage `export`: backbone + head as one ONNX graph, gated by parity on real held-out images.
+"""Stage `export`: backbone + head as one ONNX graph, gated by parity on real held-out samples.
 
-The graph takes `images`: uint8 RGB, NHWC, (batch, S, S, 3) at the backbone's input size S (resize on the client:
-`tasks.images.load_uint8` is the reference), and returns `logits` and `probs` (batch, classes). NHWC uint8 is what
-image decoders produce, a quarter of the bytes of float32 on the wire, and keeps normalisation inside the graph
-so no client can get it wrong. A text model takes `texts`: a batch of UTF-8 strings, with the tokenizer (truncation to
-`backbone.max_length`, padding) inside the graph (`tasks.model.tokenizer_graph`); running it needs the
-onnxruntime-extensions op library registered with the session. The batch axis is dynamic. Class names, input contract and provenance are stored in
-the model's metadata_props; `models/labels.txt` lists classes one per line (Triton's label file format).
+The graph takes raw samples as the modality defines them (`tasks.modality`): `images`, uint8 RGB NHWC
+(batch, S, S, 3) resized on the client (`tasks.dataset.images.load_uint8` is the reference), or `texts`, UTF-8
+strings with the tokenizer inside the graph (running it needs the onnxruntime-extensions op library registered with
+the session); it returns `logits` and `probs` (batch, classes). The batch axis is dynamic. Class names, the input
+contract (`tasks.modality.input_contract.InputContract`) and provenance are stored in the model's metadata_props;
+`models/labels.txt` lists classes one per line (Triton's label file format).
 
 How the graph is made depends on what ships:
 - **a frozen backbone** (no fine-tuning kept): the feature store's backbone graph, checked against torch when it was
@@ -38,16 +37,16 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
-from tasks.dataset.manifest_samples import parity_images, split_images
+from tasks.evaluation.parity import ParityReport, Probs, backbone_graph_then_head, compare, torch_probs
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.feature_store import open_store
 from tasks.extraction.fingerprint import feature_recipe
-from tasks.model.backbone_catalog import modality_of
+from tasks.modality.registry import modality_for
+from tasks.modality.samples import parity_samples, split_samples
+from tasks.modality.shipped_model import shipped_state
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
 from tasks.model.head_graph import compose_classifier
-from tasks.model.shipped_model import shipped_state
-from tasks.evaluation.parity import ParityReport, Probs, backbone_graph_then_head, compare, torch_probs
 
 
 class ExportParityError(UserError):
@@ -73,18 +72,6 @@ def _git_commit(root: Path) -> str:
         return "unknown"
 
 
-def input_contract(params: Params) -> dict:
-    """What the graph takes, as stored in its metadata (`headstart.input`) and read by every client."""
-    p = params.backbone
-    if modality_of(p) == "text":
-        return {"name": "texts", "dtype": "string", "modality": "text", "max_length": p.max_length,
-                "note": "UTF-8 strings, one text per item; normalise as ingest does (NFC, LF, stripped); "
-                        "tokenizing, truncation and padding are in the graph"}
-    return {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB", "modality": "image",
-            "size": [p.input_size, p.input_size], "resize": p.resize,
-            "note": "resize on the client; scaling and normalisation are in the graph"}
-
-
 def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str, str]:
     """metadata_props written into the ONNX model (all values are strings, JSON where structured)."""
     head_file = paths.models / "head.json"  # validation metrics of the head (test metrics come after, in evaluate)
@@ -96,7 +83,7 @@ def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str,
     p = params.backbone
     return {
         "headstart.classes": json.dumps(head.classes),
-        "headstart.input": json.dumps(input_contract(params)),
+        "headstart.input": modality_for(p).input_contract(params, head.classes).metadata_json(),
         "headstart.outputs": json.dumps({"logits": "raw scores (batch, classes)", "probs": "softmax of logits"}),
         "headstart.backbone": json.dumps(feature_recipe(p, params.seed)),
         "headstart.fingerprint": head.fingerprint,
@@ -116,20 +103,19 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
     p = params.export
     out_dir = paths.models / "int8"
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = modality_of(params.backbone) == "text"
-    if not p.int8 or text:
+    blocker = modality_for(params.backbone).int8_blocker()
+    if not p.int8 or blocker:
         (out_dir / "model.onnx").unlink(missing_ok=True)
-        report = {"enabled": False, "reason": "export.int8 is false" if not p.int8 else
-                  "int8 quantisation is calibrated on images; text models ship fp32"}
+        report = {"enabled": False, "reason": "export.int8 is false" if not p.int8 else blocker}
         if p.int8:
             log(f"export: int8 skipped: {report['reason']}")
     else:
         from tasks.runtime.int8 import build_int8
 
-        calib, _ = split_images(params, paths, "train", p.int8_calibration_images)
-        val_x, val_y = split_images(params, paths, "val", 10_000)
+        calib, _ = split_samples(params, paths, "train", p.int8_calibration_images)
+        val_x, val_y = split_samples(params, paths, "val", 10_000)
         if not len(val_y):
-            val_x, val_y = split_images(params, paths, "test", 10_000)
+            val_x, val_y = split_samples(params, paths, "test", 10_000)
         r = build_int8(paths.onnx, out_dir / "model.onnx", calib, val_x, val_y, classes, p.int8_max_accuracy_drop)
         report = {"enabled": True} | asdict(r)
         log(f"export: int8 {'accepted' if r.accepted else 'REJECTED'}: accuracy {r.fp32_accuracy:.3f} -> "
@@ -140,11 +126,11 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> di
 
 
 def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
-                  images: np.ndarray) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
+                  samples: np.ndarray) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
     """The store's checked backbone graph + the head, composed with onnx; its metadata; its parity reference."""
     store = open_store(params, paths)
     head.require_features(store.fingerprint, paths.head)
-    record = ensure_backbone_graph(params, store, lambda: images)
+    record = ensure_backbone_graph(params, store, lambda: samples)
     backbone = store.graph
     proto = compose_classifier(onnx.load(str(backbone)), head)
     # what lets evaluate prove that this graph's backbone computed the cached features (tasks.evaluation.cached_scoring)
@@ -158,20 +144,19 @@ def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
 def _torch_graph(params: Params, paths: ProjectPaths, head: Head, state: dict,
                  staging: Path) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
     """The fine-tuned model exported from torch; its parity reference is torch eager."""
-    from tasks.model.modality import export_graph
-    from tasks.model.shipped_model import build_classifier
+    from tasks.modality.shipped_model import build_classifier
 
     model = build_classifier(params, head, state)
-    export_graph(model, staging, params, ["logits", "probs"])
+    modality_for(params.backbone).export_graph(model, staging, params, ["logits", "probs"])
     return onnx.load(str(staging)), {}, (torch_probs(params, model), "torch eager")
 
 
 def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: Path) -> ParityReport:
     """Build the graph for what ships into `staging`, with metadata, checked by onnx and by its parity gate."""
-    images = parity_images(params, paths)
+    samples = parity_samples(params, paths)
     state = shipped_state(paths)
     if state is None:
-        proto, meta, (reference, what) = _frozen_graph(params, paths, head, images)
+        proto, meta, (reference, what) = _frozen_graph(params, paths, head, samples)
     else:
         proto, meta, (reference, what) = _torch_graph(params, paths, head, state, staging)
     for key, value in (model_metadata(params, head, paths) | meta).items():
@@ -179,7 +164,7 @@ def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: P
     proto.producer_name = "headstart"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(staging))
-    return compare(staging, reference, images, params.export.parity_tolerance, what)
+    return compare(staging, reference, samples, params.export.parity_tolerance, what)
 
 
 def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSummary:
@@ -193,7 +178,7 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
         report = _write_candidate(params, paths, head, staging)
         if not report.passed:
             raise ExportParityError(
-                f"export parity gate failed on {report.images} images: max |p_onnx - p_reference| = "
+                f"export parity gate failed on {report.images} samples: max |p_onnx - p_reference| = "
                 f"{report.max_abs_diff_probs:.2e} (tolerance {report.tolerance:.0e}, reference: {report.reference}), "
                 f"argmax agree: {report.argmax_agree}; {paths.onnx} was not replaced")
         os.replace(staging, paths.onnx)
@@ -207,9 +192,8 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
                                 "labels": paths.labels.relative_to(paths.root).as_posix(),
                                 "opset": params.export.opset, "int8_accepted": bool(int8.get("accepted", False))}
     atomic_write_text(paths.metrics / "export.json", json.dumps(record, indent=2))
-    contract = input_contract(params)
-    takes = (f"strings, {contract['max_length']} tokens" if contract["modality"] == "text" else
-             f"uint8 NHWC {params.backbone.input_size}px")
+    modality = modality_for(params.backbone)
+    takes = f"{modality.noun}, {modality.input_extent(params.backbone)}"
     log(f"export: {paths.onnx.relative_to(paths.root)} ({size_mb:.1f} MB, {len(head.classes)} classes, input "
         f"{takes}), a candidate; parity with {report.reference} on "
         f"{report.images} samples at batch {report.batch_sizes}: max |dp| {report.max_abs_diff_probs:.1e}, "

@@ -19,11 +19,12 @@ from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, read_rejected
-from tasks.dataset.manifest_samples import holds_texts, parity_images
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.engines import resolve_engine
 from tasks.extraction.extract import extract_to_store, make_engine
 from tasks.extraction.feature_store import acquire, open_store
+from tasks.modality.registry import modality_for
+from tasks.modality.samples import parity_samples
 
 
 @dataclass
@@ -42,7 +43,7 @@ class FeaturesSummary:
 
 
 def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesSummary:
-    """Ensure every manifest image has a feature row under the current fingerprint.
+    """Ensure every manifest sample has a feature row under the current fingerprint.
 
     Guarantees: after success `FeatureStore.get(manifest.sha256)` succeeds; existing rows are never rewritten; an
     interrupted run leaves only whole shards behind and the next run resumes with the missing images.
@@ -50,13 +51,14 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     paths = paths or default_paths()
     t0 = time.perf_counter()
     manifest = read_manifest(paths)
+    modality = modality_for(params.backbone)
     store = open_store(params, paths)
     lock = acquire(store)
     try:
         store.clean_orphans()
-        todo = store.missing_samples(manifest, paths.root)
+        todo = store.missing_samples(manifest, paths.root, modality)
         engine_name = resolve_engine(params.features.engine)
-        sample = lambda: parity_images(params, paths)  # noqa: E731
+        sample = lambda: parity_samples(params, paths)  # noqa: E731
         if todo:
             engine = make_engine(params, store, sample)
             engine_name = engine.name
@@ -71,9 +73,8 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     rejected = len(read_rejected(paths))
     summary = FeaturesSummary(store.fingerprint, str(store.dir), engine_name, n_unique, n_unique - len(todo),
                               len(todo), rejected, seconds, len(todo) / seconds if todo else 0.0)
-    noun, unit = ("texts", "texts/s") if holds_texts(manifest) else ("images", "img/s")
-    log(f"features: {summary.images} {noun}, {summary.cache_hits} cache hits, {summary.extracted} extracted, "
-        f"{rejected} rejected by ingest [{engine_name}] in {seconds:.1f}s ({summary.images_per_s:.1f} {unit}) "
+    log(f"features: {summary.images} {modality.noun}, {summary.cache_hits} cache hits, {summary.extracted} extracted, "
+        f"{rejected} rejected by ingest [{engine_name}] in {seconds:.1f}s ({summary.images_per_s:.1f} {modality.unit}/s) "
         f"-> {Path(summary.store).name}")
     return summary
 

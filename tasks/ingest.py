@@ -13,11 +13,7 @@ new groups are placed, each into the split furthest below its target share for t
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
 import re
-import stat as stat_module
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,19 +23,16 @@ import pandas as pd
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_path, file_stat
+from tasks.core.modality_api import Modality
 from tasks.core.params import IngestParams, Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import Progress, log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.hash_cache import HashCache
-from tasks.dataset.images import check_image
 from tasks.dataset.manifest import MANIFEST_COLUMNS, SPLITS, split_rows
 from tasks.dataset.sources import Candidate, list_candidates, resolve_source
 from tasks.dataset.splits import assign_splits, group_key, warn_classes_missing_splits, warn_collapsed_groups
-from tasks.dataset.texts import check_decoded, decode_text
-from tasks.model.backbone_catalog import modality_of
-
-NOUNS = {"image": "images", "text": "texts"}
+from tasks.modality.registry import modality_for, others_than
 
 
 @dataclass
@@ -58,62 +51,6 @@ class IngestSummary:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _read_regular(c: Candidate, limit: int, key: str) -> tuple[bytes | None, os.stat_result | None]:
-    """(bytes, stat) of a regular file within `limit` bytes; else (None, None) with `c.reason` set (a CSV can name
-    /dev/zero or a FIFO: such files are never read)."""
-    try:
-        st = c.path.stat()
-        if not stat_module.S_ISREG(st.st_mode):
-            c.reason = "not a regular file (a device, FIFO, socket or folder)"
-            return None, None
-        if st.st_size > limit:
-            c.reason = f"too big: {st.st_size:,} bytes > limit {limit:,} ({key}); not read"
-            return None, None
-        return c.path.read_bytes(), st
-    except FileNotFoundError:
-        c.reason = "file not found"
-    except OSError as exc:
-        c.reason = f"unreadable ({exc.strerror})"
-    return None, None
-
-
-def _inspect(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], hashes: HashCache) -> Candidate:
-    """Hash the bytes and (unless this exact content was validated before) fully decode the image. A file whose
-    size and mtime have not moved since it was hashed, with content validated before, is not read at all. Only
-    regular files within `ingest.max_file_bytes` are read (a CSV can name /dev/zero or a FIFO)."""
-    cached = hashes.lookup(c.path)
-    if cached in known:
-        c.sha256, (c.width, c.height) = cached, known[cached]
-        return c
-    data, st = _read_regular(c, p.max_file_bytes, "ingest.max_file_bytes")
-    if data is None:
-        return c
-    c.sha256 = hashlib.sha256(data).hexdigest()
-    hashes.remember(c.path, (st.st_size, st.st_mtime_ns), c.sha256)
-    if c.sha256 in known:
-        c.width, c.height = known[c.sha256]
-        return c
-    check = check_image(io.BytesIO(data), p.max_pixels)
-    c.width, c.height, c.reason = check.width, check.height, check.reason
-    return c
-
-
-def _inspect_text(c: Candidate, p: IngestParams) -> Candidate:
-    """Decode, check and normalise one text (a file, or a CSV cell); its sha256 is that of the normalised text."""
-    if c.text is not None:
-        check = check_decoded(c.text, p.max_text_bytes)
-    else:
-        data, _ = _read_regular(c, p.max_text_bytes, "ingest.max_text_bytes")
-        if data is None:
-            return c
-        check = decode_text(data, p.text_encoding, p.max_text_bytes)
-    c.reason = check.reason
-    if not check.reason:
-        c.text, c.sha256 = check.text, check.sha256
-        c.width, c.height = len(check.text), check.text.count("\n") + 1
-    return c
-
-
 def _previous(paths: ProjectPaths) -> tuple[pd.DataFrame | None, dict[str, tuple[int, int]]]:
     """The last manifest (for sticky splits) and the (width, height) of every content it validated."""
     if not paths.manifest.exists():
@@ -129,13 +66,12 @@ def _previous(paths: ProjectPaths) -> tuple[pd.DataFrame | None, dict[str, tuple
 
 
 def _inspect_all(candidates: list[Candidate], p: IngestParams, known: dict[str, tuple[int, int]],
-                 hashes: HashCache, modality: str) -> list[Candidate]:
+                 hashes: HashCache, modality: Modality) -> list[Candidate]:
     """Hash and check every candidate in `p.workers` threads, with a progress bar."""
-    inspect = (lambda c: _inspect(c, p, known, hashes)) if modality == "image" else (lambda c: _inspect_text(c, p))
-    with Progress(len(candidates), f"ingest: checking {NOUNS[modality]}") as bar, \
+    with Progress(len(candidates), f"ingest: checking {modality.noun}") as bar, \
             ThreadPoolExecutor(p.workers) as pool:
         inspected = []
-        for c in pool.map(inspect, candidates):
+        for c in pool.map(lambda c: modality.inspect(c, p, known, hashes), candidates):
             inspected.append(c)
             bar.update(1)
     hashes.save(keep={str(c.path) for c in candidates})
@@ -257,20 +193,20 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     p = params.ingest
     t0 = time.perf_counter()
     source = resolve_source(p, paths.root)
-    modality = modality_of(params.backbone)
-    listing = list_candidates(source, p, paths.root, modality, params.backbone.name)
+    modality = modality_for(params.backbone)
+    listing = list_candidates(source, p, paths.root, modality, params.backbone.name, others_than(modality))
     candidates, rejected = listing.candidates, listing.rejected  # `rejected`: by their name alone, so far
     n_files = len(candidates) + len(rejected)
     for name in listing.empty_classes:
         log(f"ingest: warning: class folder '{name}' in {p.source} is empty; it is not a class until it has "
-            f"{NOUNS[modality]}")
+            f"{modality.noun}")
     previous, known = _previous(paths)
     inspected = _inspect_all(candidates, p, known, HashCache(paths.hashes), modality)
     good = _keep_unique(inspected, rejected)
-    _require_every_class(good, inspected + rejected, p, source.is_dir(), NOUNS[modality])
+    _require_every_class(good, inspected + rejected, p, source.is_dir(), modality.noun)
     df = _manifest(good, params, previous)
     _write(df, rejected, paths)
-    return _summarise(df, rejected, n_files, time.perf_counter() - t0, paths, NOUNS[modality])
+    return _summarise(df, rejected, n_files, time.perf_counter() - t0, paths, modality.noun)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from tasks.model.backbone_catalog import CATALOG
 from tasks.model.backbones import build_backbone
 from tasks.model.image_model import ImageModel
 from tasks.model.onnx_export import export_onnx
-from tasks.training.freezing import backbone_units
+from tasks.model.units import backbone_units
 
 SIZE = 64  # tiny input: every catalog architecture still downsamples to at least 1x1 here
 # vgg16's fully connected layers make a 0.5 GB graph; it is built and cut into units here, but its export runs only
@@ -41,7 +41,7 @@ def built(request):
 def test_catalog_backbone_unfreezes_block_by_block(name):
     loaded = _build(name)
     if CATALOG[name].modality == "text":
-        from tasks.training.freezing import encoder_units
+        from tasks.model.units import encoder_units
 
         units = encoder_units(loaded.model, loaded.blocks)
     else:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tasks.dataset.images import load_uint8
+from tasks.modality.shipped_model import build_classifier
 from tasks.model.head_format import Head
-from tasks.model.shipped_model import build_classifier
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +112,14 @@ def _triton_schema():
 def test_triton_repository_parses_against_tritons_schema_and_matches_the_graph(exported, tmp_path):
     from google.protobuf import text_format
 
-    from tasks.registry.triton_repo import model_contract, write_triton_repo
+    from tasks.modality.registry import contract_from_metadata
+    from tasks.registry.triton_repo import write_triton_repo
 
     paths, params, session, _, _ = exported
     schema = _triton_schema()
     classes = [c for c in paths.labels.read_text().split("\n") if c]
-    folder = write_triton_repo(tmp_path, params.export.triton_name,
-                               model_contract(classes, "image", params.backbone.input_size),
+    contract = contract_from_metadata(session.get_modelmeta().custom_metadata_map, classes)  # the graph's own
+    folder = write_triton_repo(tmp_path, params.export.triton_name, contract,
                                params.export.triton_max_batch_size, {1: paths.onnx})
     assert not (paths.models / "triton").exists()  # export builds a candidate only; promotion publishes
     config = text_format.Parse((folder / "config.pbtxt").read_text(), schema.ModelConfig())
@@ -226,7 +227,7 @@ def test_a_graph_that_disagrees_with_its_reference_fails_the_parity_gate_and_cha
         return real_compare(candidate, *args, **kwargs)
 
     monkeypatch.setattr(export_stage, "compare", compare_a_disagreeing_graph)
-    with pytest.raises(ExportParityError, match=r"export parity gate failed on 40 images: .*argmax agree: False; .*"
+    with pytest.raises(ExportParityError, match=r"export parity gate failed on 40 samples: .*argmax agree: False; .*"
                                                 r"model.onnx was not replaced"):
         run_export(project_params(proj), proj)
     assert _tree(proj.models) == before  # the previous model set, bitwise; no staging file left behind
@@ -257,13 +258,13 @@ def test_an_int8_model_that_loses_accuracy_is_rejected_and_not_written(built_pro
 
     proj = _export_project(built_project, tmp_path / "int8-drop", ["export.int8=true",
                                                                    "export.int8_calibration_images=16"])
-    real_split_images = export_stage.split_images
+    real_split_samples = export_stage.split_samples
 
     def black_calibration(params, paths, split, limit):
-        images, labels = real_split_images(params, paths, split, limit)
+        images, labels = real_split_samples(params, paths, split, limit)
         return (np.zeros_like(images), labels) if split == "train" else (images, labels)
 
-    monkeypatch.setattr(export_stage, "split_images", black_calibration)
+    monkeypatch.setattr(export_stage, "split_samples", black_calibration)
     run_export(project_params(proj, ["export.int8_max_accuracy_drop=0.0"]), proj)
     report = json.loads((proj.models / "int8" / "report.json").read_text())
     print(f"int8 calibrated on black images: accuracy {report['fp32_accuracy']:.3f} -> {report['int8_accuracy']:.3f}")

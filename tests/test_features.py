@@ -255,8 +255,8 @@ def test_a_layer_list_is_each_layer_pooled_and_concatenated_through_features_hea
                                                                                                    clipart_raw):
     from tasks.core.stages import stage_function
     from tasks.extraction.fingerprint import feature_fingerprint
+    from tasks.modality.shipped_model import build_classifier
     from tasks.model.head_format import Head
-    from tasks.model.shipped_model import build_classifier
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
     paths, _ = _features_project(tmp_path, clipart_raw)
@@ -290,6 +290,6 @@ def test_a_layer_list_is_each_layer_pooled_and_concatenated_through_features_hea
 
 
 def _parity_sample(params, paths):
-    from tasks.dataset.manifest_samples import parity_images
+    from tasks.modality.samples import parity_samples
 
-    return parity_images(params, paths)
+    return parity_samples(params, paths)

@@ -17,14 +17,15 @@ import torch
 
 from tasks.core.errors import UserError
 from tasks.dataset.manifest import read_manifest
-from tasks.dataset.manifest_samples import load_rows
+from tasks.dataset.manifest_samples import load_images
 from tasks.model.backbones import build_backbone
 from tasks.model.head_format import Head
 from tasks.model.image_model import ImageModel
 from tasks.model.torch_head import HeadModule
+from tasks.model.units import backbone_units
 from tasks.runtime.onnx_classifier import OnnxClassifier
 from tasks.training.checkpoints import state_sha256
-from tasks.training.freezing import apply_depth, backbone_units, param_groups, set_train_modes
+from tasks.training.freezing import apply_depth, param_groups, set_train_modes
 from tests.conftest import make_project, project_params, venv_env
 
 
@@ -65,7 +66,7 @@ def test_frozen_blocks_keep_bn_statistics_and_weights(ft_project, bn):
     probe = Head.load(ft_project.head)
     model = ImageModel(loaded.model, loaded.spec.mean, loaded.spec.std, head=HeadModule(probe))
     rows = read_manifest(ft_project).query("split == 'train'").head(64)
-    x = torch.from_numpy(load_rows(rows, ft_project, 96, "pad", 40_000_000))
+    x = torch.from_numpy(load_images(rows, ft_project, 96, "pad", 40_000_000))
     y = torch.as_tensor([probe.classes.index(c) for c in rows["label"]])
     before = [_bn_buffers(u) for u in units.modules]
     weights = [[q.detach().clone() for q in units.parameters(i)] for i in range(len(units))]
@@ -149,7 +150,7 @@ def test_a_finetune_that_hurts_ships_the_frozen_head(ft_project, tmp_path):
     run_export(params, paths)
     xv, _, rows, _ = split_features(params, paths, "val")
     onnx_probs = OnnxClassifier(paths.onnx).probs_batched(
-        load_rows(rows, paths, 96, "pad", 40_000_000))
+        load_images(rows, paths, 96, "pad", 40_000_000))
     assert np.abs(onnx_probs - Head.load(paths.head).probs(xv)).max() < 1e-3  # the shipped model is the probe
 
 

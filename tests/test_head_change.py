@@ -117,6 +117,6 @@ def test_a_backbone_graph_that_disagrees_with_torch_is_never_kept(project, monke
 
 
 def _parity(params, paths):
-    from tasks.dataset.manifest_samples import parity_images
+    from tasks.modality.samples import parity_samples
 
-    return parity_images(params, paths)
+    return parity_samples(params, paths)

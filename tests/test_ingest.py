@@ -151,6 +151,7 @@ def test_an_unreadable_previous_manifest_stops_ingest_instead_of_redrawing_split
 
 def test_a_rejected_file_fixed_in_place_and_a_relabelled_csv_row_are_changes(tmp_path, clipart_raw):
     from tasks.dataset.changes import detect_changes
+    from tasks.modality.registry import modality_for
 
     files = sorted(clipart_raw.rglob("*.png"))
     keep = [f for f in files if f.parent.name in ("animals", "food")][:40]
@@ -167,12 +168,12 @@ def test_a_rejected_file_fixed_in_place_and_a_relabelled_csv_row_are_changes(tmp
     paths = make_project(tmp_path / "proj", None, [f"ingest.source={csv}"])
     params = project_params(paths)
     run_ingest(params, paths)
-    assert not detect_changes(params, paths).any
+    assert not detect_changes(params, paths, modality_for(params.backbone)).any
     shutil.copy(keep[0], data / "broken.png")  # the broken file, fixed in place
     df = pd.read_csv(csv)
     df.loc[1, "label"] = "animals" if df.loc[1, "label"] == "food" else "food"  # one row relabelled
     df.to_csv(csv, index=False)
-    changes = detect_changes(params, paths)
+    changes = detect_changes(params, paths, modality_for(params.backbone))
     assert sorted(Path(p).name for p in changes.changed) == ["001.png", "broken.png"] and not changes.new
 
 

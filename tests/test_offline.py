@@ -59,7 +59,7 @@ def test_the_whole_pipeline_makes_no_outbound_connection_in_any_process(tmp_path
         project_server = env | {"HEADSTART_PREFECT_SERVER": "project"}                 # the server that stays up
         run([py, "-m", "flows.cli", "run"], paths.root, env=project_server)       # the flow, then dvc commit
     finally:
-        run([py, "-m", "flows.cli", "server", "stop"], paths.root, env=project_server)
+        run([py, "-m", "flows.cli", "prefect", "stop"], paths.root, env=project_server)
     run([py, "-m", "flows.cli", "promote"], paths.root, env=env)                # dvc add + git commit
     run([py, "-m", "dvc", "exp", "run", "-S", "head.C=0.5"], paths.root, env=env)  # dvc runs stage commands
     run([py, "-m", "dvc", "push"], paths.root, env=env)

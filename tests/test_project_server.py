@@ -25,7 +25,7 @@ def test_the_project_server_starts_once_serves_the_next_run_and_stops(tmp_path, 
     env = {k: v for k, v in venv_env().items() if k != "PREFECT_API_URL"}
     env |= {"HEADSTART_PREFECT_SERVER": "project", "PREFECT_HOME": str(home)}
     try:
-        started = _cli(["server", "start"], paths.root, env)
+        started = _cli(["prefect", "start"], paths.root, env)
         assert started.returncode == 0, started.stderr[-2000:]
         state = json.loads((home / "headstart-server.json").read_text())
         assert state["api"].startswith("http://127.0.0.1:") and int((home / "server.pid").read_text()) == state["pid"]
@@ -42,10 +42,12 @@ def test_the_project_server_starts_once_serves_the_next_run_and_stops(tmp_path, 
             timeout=60)
         assert json.loads(runs.stdout.strip().splitlines()[-1]) == ["COMPLETED"]  # recorded in the project's server
 
-        assert "(pid" in _cli(["server", "status"], paths.root, env).stdout
+        assert "(pid" in _cli(["prefect", "status"], paths.root, env).stdout
+        alias = _cli(["server", "status"], paths.root, env)  # the old verb: one release, and it says so
+        assert "(pid" in alias.stdout and "deprecated, use `headstart prefect`" in alias.stderr
     finally:
-        stopped = _cli(["server", "stop"], paths.root, env)
-    assert stopped.stdout.strip() == "headstart server: stopped"
+        stopped = _cli(["prefect", "stop"], paths.root, env)
+    assert stopped.stdout.strip() == "headstart prefect: stopped"
     assert not (home / "server.pid").exists()
     try:
         os.kill(state["pid"], 0)
@@ -53,4 +55,4 @@ def test_the_project_server_starts_once_serves_the_next_run_and_stops(tmp_path, 
     except ProcessLookupError:
         alive = False
     assert not alive
-    assert "not running" in _cli(["server", "status"], paths.root, env).stdout
+    assert "not running" in _cli(["prefect", "status"], paths.root, env).stdout

@@ -95,9 +95,9 @@ def server(champion_project):
 
 
 def _held_out(paths, params, n: int = 48):
-    from tasks.dataset.manifest_samples import split_images
+    from tasks.modality.samples import split_samples
 
-    images, labels = split_images(params, paths, "test", n)
+    images, labels = split_samples(params, paths, "test", n)
     assert len(images) == n
     return images, labels
 

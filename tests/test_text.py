@@ -144,7 +144,7 @@ def test_an_image_backbone_on_text_data_is_a_one_line_params_error(tmp_path, cli
 
 
 def test_the_in_graph_tokenizer_gives_hugging_faces_ids(text_project):
-    from tasks.model.modality import tokenizer_for
+    from tasks.modality.text import hf_tokenizer_of as tokenizer_for
     from tasks.model.tokenizer_graph import token_mismatches
 
     paths, params, _ = text_project
@@ -157,9 +157,9 @@ def test_the_exported_model_takes_strings_and_matches_torch(text_project):
     import onnx
     import torch
 
-    from tasks.model.shipped_model import shipped_classifier
-    from tasks.runtime.onnx_classifier import OnnxClassifier
     from tasks.evaluation.parity import torch_probs
+    from tasks.modality.shipped_model import shipped_classifier
+    from tasks.runtime.onnx_classifier import OnnxClassifier
 
     paths, params, results = text_project
     clf = OnnxClassifier(paths.onnx)
@@ -303,18 +303,20 @@ def test_fine_tuning_unfreezes_top_encoder_layers_and_a_tuned_text_model_exports
     parity gate against torch + Hugging Face's tokenizer."""
     import torch
 
-    from tasks.model.head_format import Head
-    from tasks.model.modality import build_model, export_graph
-    from tasks.model.shipped_model import build_classifier
-    from tasks.model.torch_head import HeadModule
     from tasks.evaluation.parity import compare, torch_probs
+    from tasks.modality.registry import modality_for
+    from tasks.modality.shipped_model import build_classifier
+    from tasks.model.head_format import Head
+    from tasks.model.torch_head import HeadModule
+    from tasks.model.units import encoder_units
     from tasks.training.finetune_run import train
-    from tasks.training.freezing import apply_depth, encoder_units, set_train_modes
+    from tasks.training.freezing import apply_depth, set_train_modes
 
     paths, params, _ = text_project
     p = project_params(paths, ["finetune.strategy=last_n", "finetune.last_n=2", "finetune.epochs=1",
                                "finetune.batch_size=16", "finetune.threads=1"])
-    model, loaded = build_model(p, HeadModule(Head.load(paths.head)))
+    text = modality_for(p.backbone)
+    model, loaded = text.build_model(p, HeadModule(Head.load(paths.head)))
     units = encoder_units(loaded.model, loaded.blocks)
     assert units.names == ["layer 5", "layer 4", "layer 3", "layer 2", "layer 1", "layer 0", "embeddings"]
     apply_depth(units, 2)
@@ -334,7 +336,7 @@ def test_fine_tuning_unfreezes_top_encoder_layers_and_a_tuned_text_model_exports
     for key in [k for k in tuned if "encoder.layer.5." in k and k.endswith("weight")]:
         tuned[key] = tuned[key] + 0.01 * torch.randn_like(tuned[key])  # weights no frozen backbone has
     model = build_classifier(p, Head.load(paths.head), tuned)
-    export_graph(model, tmp_path / "tuned.onnx", p, ["logits", "probs"])
+    text.export_graph(model, tmp_path / "tuned.onnx", p, ["logits", "probs"])
     texts = np.array(pd.read_parquet(paths.manifest)["text"].head(12).tolist() + TRICKY[:5], dtype=object)
     report = compare(tmp_path / "tuned.onnx", torch_probs(p, model), texts, 1e-4, "torch eager")
     assert report.passed, report

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from tasks.core.files import file_stat
+from tasks.core.modality_api import Modality
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_rejected
 from tasks.dataset.sources import list_sources
-from tasks.dataset.texts import check_decoded, read_text_file, text_sha256
 
 
 @dataclass
@@ -31,25 +32,14 @@ class DataChanges:
         return f"{len(self.new)} new, {len(self.changed)} changed, {len(self.removed)} removed"
 
 
-def _content_sha256(c, params: Params, modality: str, hashes: HashCache) -> str:
-    """The manifest key of a candidate's content now: the file's bytes for an image, the normalised text for text."""
-    if modality == "image":
-        return hashes.sha256(c.path)
-    p = params.ingest
-    if c.text is not None:  # inline in a CSV
-        check = check_decoded(c.text, p.max_text_bytes)
-        return check.sha256 if not check.reason else ""
-    text, _ = read_text_file(c.path, p.text_encoding, p.max_text_bytes)
-    return text_sha256(text) if text is not None else ""
-
-
-def detect_changes(params: Params, paths: ProjectPaths, modality: str = "image") -> DataChanges:
+def detect_changes(params: Params, paths: ProjectPaths, modality: Modality,
+                   others: Sequence[Modality] = ()) -> DataChanges:
     """Compare the files under `ingest.source` with the manifest and the rejection list of the last ingest.
 
     Changed: a used file whose bytes differ, a rejected file whose size or mtime moved (fixed in place, say), or a
     file whose label is not the one it had (a CSV row relabelled, a file moved between class folders). `modality`
-is the backbone's (`tasks.model.backbone_catalog.modality_of`): it says what the source is read for."""
-    listing = list_sources(params.ingest, paths.root, modality, params.backbone.name)
+    is the backbone's (`tasks.modality.registry.modality_for`): it says what the source is read for."""
+    listing = list_sources(params.ingest, paths.root, modality, params.backbone.name, others)
     known: dict[str, tuple[str, str]] = {}
     if paths.manifest.exists():
         m = pd.read_parquet(paths.manifest)
@@ -64,7 +54,7 @@ is the backbone's (`tasks.model.backbone_catalog.modality_of`): it says what the
         present.add(c.rel)
         if c.rel in known:
             sha, label = known[c.rel]
-            if c.label != label or (c.path.exists() and _content_sha256(c, params, modality, hashes) != sha):
+            if c.label != label or (c.path.exists() and modality.content_sha256(c, params.ingest, hashes) != sha):
                 out.changed.append(c.rel)
         elif c.rel in rejected:
             label, size, mtime = rejected[c.rel]

@@ -1,22 +1,22 @@
 """Where ingest finds its samples: a folder of `<class>/<files>` or a CSV of `path,label[,split]` (for text also
 `text,label[,split][,group]`, the text inline), listed without reading any file.
 
-What is looked for follows the backbone's modality (images or text); data of the other kind is a one-line error
-naming both, not a folder of rejected files.
+What is looked for follows the backbone's modality (a `tasks.core.modality_api.Modality`, handed in by the caller);
+data of another registered modality is a one-line error naming both, not a folder of rejected files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from tasks.core.errors import UserError
-from tasks.core.params import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, IngestParams
+from tasks.core.modality_api import Modality
+from tasks.core.params import IngestParams
 from tasks.dataset.manifest import SPLITS
-
-DEFAULT_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS}
 
 
 @dataclass
@@ -51,30 +51,24 @@ class Listing:
     empty_classes: list[str] = field(default_factory=list)  # class folders with no file at all
 
 
-def extensions(p: IngestParams, modality: str) -> set[str]:
+def extensions(p: IngestParams, modality: Modality) -> set[str]:
     """The file extensions a folder source is read for: `ingest.extensions`, else the modality's."""
-    return {e.lower() for e in (p.extensions or DEFAULT_EXTENSIONS[modality])}
+    return {e.lower() for e in (p.extensions or modality.default_extensions)}
 
 
-def _wrong_modality(source: Path, files: list[Path], modality: str) -> str | None:
-    """Why `files` look like the other modality's data (None when they do not)."""
-    other = "text" if modality == "image" else "image"
-    ours = sum(f.suffix.lower() in DEFAULT_EXTENSIONS[modality] for f in files)
-    theirs = [f for f in files if f.suffix.lower() in DEFAULT_EXTENSIONS[other]]
-    if files and not ours and len(theirs) * 2 > len(files):
-        return f"{source} holds {other} files ({theirs[0].suffix}) and no {modality} files"
+def _wrong_modality(source: Path, files: list[Path], modality: Modality, others: Sequence[Modality]) -> str | None:
+    """Why `files` look like another modality's data (None when they do not)."""
+    if not files or any(f.suffix.lower() in modality.default_extensions for f in files):
+        return None
+    for other in others:
+        theirs = [f for f in files if f.suffix.lower() in other.default_extensions]
+        if len(theirs) * 2 > len(files):
+            return f"{source} holds {other.name} files ({theirs[0].suffix}) and no {modality.name} files"
     return None
 
 
-def modality_hint(modality: str, backbone: str) -> str:
-    """The end of a wrong-modality error: what the backbone is and what to set."""
-    if modality == "image":
-        return f"backbone.name '{backbone}' is an image backbone: for text set backbone.name: minilm (or hf:<folder>)"
-    return (f"backbone.name '{backbone}' is a text backbone: for images set backbone.name to an image backbone "
-            f"(e.g. tf_efficientnet_lite0)")
-
-
-def _list_folder(source: Path, p: IngestParams, root: Path, modality: str, backbone: str) -> Listing:
+def _list_folder(source: Path, p: IngestParams, root: Path, modality: Modality, backbone: str,
+                 others: Sequence[Modality]) -> Listing:
     exts = extensions(p, modality)
     candidates, rejected, empty = [], [], []
     class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -100,29 +94,30 @@ def _list_folder(source: Path, p: IngestParams, root: Path, modality: str, backb
             else:
                 candidates.append(c)
     if p.extensions is None and not candidates:
-        wrong = _wrong_modality(source, [c.path for c in rejected], modality)
+        wrong = _wrong_modality(source, [c.path for c in rejected], modality, others)
         if wrong:
-            raise UserError(f"ingest.source: {wrong}; {modality_hint(modality, backbone)}")
+            raise UserError(f"ingest.source: {wrong}; {modality.backbone_hint(backbone)}")
     return Listing(candidates, rejected, empty)
 
 
-def _list_csv(source: Path, root: Path, p: IngestParams, modality: str, backbone: str) -> list[Candidate]:
+def _list_csv(source: Path, root: Path, p: IngestParams, modality: Modality, backbone: str,
+              others: Sequence[Modality]) -> list[Candidate]:
     try:
-        encoding = p.text_encoding if modality == "text" else "utf-8"
+        encoding = modality.csv_encoding(p)
         # a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which would otherwise prefix the first column name
         encoding = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
         df = pd.read_csv(source, dtype=str, keep_default_na=False, encoding=encoding)
     except Exception as exc:  # pandas raises many types for malformed CSVs
         hint = "; set ingest.text_encoding to the CSV's encoding (e.g. cp1252)" \
-            if isinstance(exc, UnicodeDecodeError) and modality == "text" else ""
+            if isinstance(exc, UnicodeDecodeError) and modality.reads_inline_text else ""
         raise UserError(f"{source}: cannot read as CSV ({str(exc).splitlines()[0]}){hint}") from None
     inline = "text" in df.columns
-    if inline and modality == "image":
-        raise UserError(f"ingest.source: {source} has a 'text' column (text data); {modality_hint(modality, backbone)}")
+    if inline and not modality.reads_inline_text:
+        raise UserError(f"ingest.source: {source} has a 'text' column (text data); {modality.backbone_hint(backbone)}")
     what = "path" if not inline else "text"
     missing = {what, "label"} - set(df.columns)
     if missing:
-        expected = "path,label[,split]" + (" or text,label[,split][,group]" if modality == "text" else "")
+        expected = "path,label[,split]" + (" or text,label[,split][,group]" if modality.reads_inline_text else "")
         raise UserError(f"{source}: missing column(s) {sorted(missing)}; expected {expected}")
     src_rel = _rel(source, root)
     out = []
@@ -140,11 +135,11 @@ def _list_csv(source: Path, root: Path, p: IngestParams, modality: str, backbone
         if not path.is_absolute():
             path = source.parent / path
         out.append(Candidate(path, _rel(path, root), row.label, split=split, group=group))
-    if not inline and modality == "image":
-        wrong = _wrong_modality(source, [c.path for c in out], modality)
+    if not inline:
+        wrong = _wrong_modality(source, [c.path for c in out], modality, others)
         if wrong:
             raise UserError(f"ingest.source: {wrong.replace(str(source) + ' holds', str(source) + ' lists')}; "
-                            f"{modality_hint(modality, backbone)}")
+                            f"{modality.backbone_hint(backbone)}")
     return out
 
 
@@ -158,14 +153,16 @@ def resolve_source(p: IngestParams, root: Path) -> Path:
     return source
 
 
-def list_candidates(source: Path, p: IngestParams, root: Path, modality: str = "image",
-                    backbone: str = "") -> Listing:
-    """The samples of a folder or CSV source for a backbone of `modality`, listed without reading any file."""
+def list_candidates(source: Path, p: IngestParams, root: Path, modality: Modality, backbone: str = "",
+                    others: Sequence[Modality] = ()) -> Listing:
+    """The samples of a folder or CSV source for a backbone of `modality`, listed without reading any file; data
+    that looks like one of the `others` modalities' is a one-line error."""
     if source.is_dir():
-        return _list_folder(source, p, root, modality, backbone)
-    return Listing(_list_csv(source, root, p, modality, backbone), [])
+        return _list_folder(source, p, root, modality, backbone, others)
+    return Listing(_list_csv(source, root, p, modality, backbone, others), [])
 
 
-def list_sources(p: IngestParams, root: Path, modality: str = "image", backbone: str = "") -> Listing:
+def list_sources(p: IngestParams, root: Path, modality: Modality, backbone: str = "",
+                 others: Sequence[Modality] = ()) -> Listing:
     """The samples under `ingest.source`, listed without reading them."""
-    return list_candidates(resolve_source(p, root), p, root, modality, backbone)
+    return list_candidates(resolve_source(p, root), p, root, modality, backbone, others)

@@ -23,7 +23,6 @@ import pandas as pd
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
-from tasks.dataset.manifest_samples import load_rows, sample_decoder
 from tasks.extraction.feature_store import FeatureStore
 from tasks.runtime.onnx_classifier import OnnxClassifier
 
@@ -46,9 +45,9 @@ def why_not_cached(clf: OnnxClassifier, paths: ProjectPaths, keys: list[str]) ->
         return None, f"the store's backbone graph is not the one in the model (sha256 {made['sha256'][:12]})"
     missing = store.missing(keys)
     if missing:
-        return None, f"{len(missing)} image(s) have no cached features"
+        return None, f"{len(missing)} {clf.modality.noun} have no cached features"
     wanted = {"engine": "onnxruntime", "engine_version": onnxruntime.__version__, "graph_sha256": made["sha256"],
-              "decoder": sample_decoder(clf.modality)}
+              "decoder": clf.modality.decoder()}
     for p in store.provenance_for(keys):
         differs = [k for k, v in wanted.items() if p.get(k) != v]
         if differs:
@@ -73,20 +72,19 @@ def score_cached(params: Params, paths: ProjectPaths, clf: OnnxClassifier,
     keys = rows["sha256"].tolist()
     store, why = why_not_cached(clf, paths, keys)
     if store is None:
-        log(f"evaluate: scoring {Path(clf.path).name} from image files: {why}")
+        log(f"evaluate: scoring {Path(clf.path).name} from {clf.modality.stored_as}: {why}")
         return None
     session = _head_session(clf)
     probs = session.run(["probs"], {"features": store.get(keys)})[0]
     sample = rows.reset_index(drop=True).sort_values("sha256").head(params.export.parity_images)
-    images = load_rows(sample, paths, clf.input_size, clf.resize, params.ingest.max_pixels)
-    whole = clf.probs_batched(images)
+    whole = clf.probs_batched(clf.load_rows(sample, paths, params.ingest.max_pixels))
     diff = float(np.abs(whole - probs[sample.index.to_numpy()]).max())
     agree = bool((whole.argmax(1) == probs[sample.index.to_numpy()].argmax(1)).all())
     check = {"images": int(len(sample)), "max_abs_diff_probs": diff, "argmax_agree": agree,
              "tolerance": params.export.parity_tolerance}
     if diff > params.export.parity_tolerance or not agree:
-        log(f"evaluate: warning: the whole graph from image files disagrees with its head on cached features "
-            f"(max |dp| {diff:.1e} on {len(sample)} images, argmax agree {agree}): the cache does not describe these "
-            f"files; scoring from image files")
+        log(f"evaluate: warning: the whole graph from {clf.modality.stored_as} disagrees with its head on cached "
+            f"features (max |dp| {diff:.1e} on {len(sample)} samples, argmax agree {agree}): the cache does not "
+            f"describe these samples; scoring from {clf.modality.stored_as}")
         return None
     return probs, check

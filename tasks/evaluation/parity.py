@@ -20,9 +20,9 @@ from tasks.model.head_format import Head
 
 @dataclass
 class ParityReport:
-    """The candidate against its reference on real images."""
+    """The candidate against its reference on real held-out samples."""
 
-    images: int
+    images: int  # how many samples (the name is the stored report's: export.json, the model card)
     batch_sizes: list[int]
     max_abs_diff_probs: float
     argmax_agree: bool
@@ -37,15 +37,15 @@ class ParityReport:
 Probs = Callable[[np.ndarray], np.ndarray]
 
 
-def compare(candidate: Path, reference: Probs, images: np.ndarray, tolerance: float, what: str) -> ParityReport:
-    """Run the candidate graph (ONNX Runtime) and `reference` on `images` in `parity_chunks`; compare probabilities
+def compare(candidate: Path, reference: Probs, samples: np.ndarray, tolerance: float, what: str) -> ParityReport:
+    """Run the candidate graph (ONNX Runtime) and `reference` on `samples` in `parity_chunks`; compare probabilities
     and argmax."""
     from tasks.extraction.engines import OrtEngine
 
     session = OrtEngine(candidate, threads=0).session
     name = session.get_inputs()[0].name
     sizes, worst, agree = [], 0.0, True
-    for chunk in parity_chunks(images):
+    for chunk in parity_chunks(samples):
         sizes.append(len(chunk))
         got = session.run(["probs"], {name: chunk})[0]
         expected = reference(chunk)
@@ -57,9 +57,10 @@ def compare(candidate: Path, reference: Probs, images: np.ndarray, tolerance: fl
 def torch_probs(params: Params, model) -> Probs:
     """Probabilities of a torch classifier (raw samples -> (logits, probs)), eager, inference mode; texts through
     the Hugging Face tokenizer."""
-    from tasks.model.modality import torch_runner
+    from tasks.modality.registry import modality_for
+    from tasks.modality.torch_runner import torch_runner
 
-    run = torch_runner(params, model)
+    run = torch_runner(modality_for(params.backbone), params, model)
     return lambda samples: run(samples)[1].numpy()
 
 

@@ -14,7 +14,7 @@ from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.dataset.manifest_samples import holds_texts, load_rows
+from tasks.modality.registry import modality_of_rows
 from tasks.runtime.onnx_classifier import OnnxClassifier
 
 
@@ -49,17 +49,17 @@ def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, s
     views = {"all": np.ones(len(rows), dtype=bool)}
     views |= {name: rows["sha256"].isin(keys).to_numpy() for name, keys in (subsets or {}).items()}
     classifiers = {name: OnnxClassifier(path) for name, path in models.items()}
-    modality = "text" if holds_texts(rows) else "image"
-    sizes = {(c.input_size, c.resize) for c in classifiers.values() if c.modality == modality}
+    modality = modality_of_rows(rows)
+    readers = {(c.input_size, c.resize): c for c in classifiers.values() if c.modality is modality}
     hashes = HashCache(paths.hashes)
-    arrays = {key: load_rows(rows, paths, *key, params.ingest.max_pixels, hashes) for key in sizes}
+    arrays = {key: c.load_rows(rows, paths, params.ingest.max_pixels, hashes) for key, c in readers.items()}
     y = rows["label"].to_numpy()
     out: dict[str, dict[str, dict]] = {}
     for name, clf in classifiers.items():
-        if clf.modality != modality:  # e.g. an image champion on a text project: it cannot classify these at all
-            log(f"scoring: {models[name]} reads {clf.modality} and the {split} split holds {modality}s: every "
-                f"prediction counts as wrong")
-            pred = np.full(len(y), f"<{clf.modality} model>", dtype=object)
+        if clf.modality is not modality:  # e.g. an image champion on a text project: it cannot classify these at all
+            log(f"scoring: {models[name]} reads {clf.modality.noun} and the {split} split holds {modality.noun}: "
+                f"every prediction counts as wrong")
+            pred = np.full(len(y), f"<{clf.modality.name} model>", dtype=object)
         else:
             probs = clf.probs_batched(arrays[(clf.input_size, clf.resize)])
             pred = np.array(clf.classes)[probs.argmax(1)]

@@ -1,9 +1,9 @@
 """The feature store's backbone graph: raw samples (uint8 NHWC images, or strings) -> features, exported from torch
 once per fingerprint and gated by parity with torch on real held-out samples before anything uses it.
 
-For text the graph holds the tokenizer (`tasks.model.tokenizer_graph`); its gate also requires the in-graph token
-ids to equal the Hugging Face tokenizer's on every sample, alone and batched, and compares features with torch run
-on Hugging Face's ids.
+The modality adds its own checks (`Modality.check_graph`): for text the graph holds the tokenizer
+(`tasks.model.tokenizer_graph`), and the in-graph token ids must equal the Hugging Face tokenizer's on every sample,
+alone and batched; features are compared with torch run on Hugging Face's ids.
 
 `<store>/backbone.onnx` is what the ONNX Runtime engine extracts with, what Dask workers load, and, for a frozen
 backbone, the first part of the exported classifier (export composes it with the head using `onnx` alone). It is
@@ -26,13 +26,13 @@ from tasks.core.params import Params
 from tasks.core.progress import log
 from tasks.dataset.manifest_samples import parity_chunks
 from tasks.extraction.feature_store import FeatureStore
-from tasks.model.backbone_catalog import modality_of
-from tasks.model.modality import build_model, export_graph, tokenizer_for, torch_runner
+from tasks.modality.registry import modality_for
+from tasks.modality.torch_runner import torch_runner
 
 
 def backbone_model(params: Params):
     """The params' backbone as a torch model without a head (raw samples' tensor -> features)."""
-    return build_model(params)[0]
+    return modality_for(params.backbone).build_model(params)[0]
 
 
 def _compare(params: Params, model, graph: Path, samples: np.ndarray,
@@ -41,7 +41,7 @@ def _compare(params: Params, model, graph: Path, samples: np.ndarray,
     from tasks.extraction.engines import OrtEngine
 
     engine = OrtEngine(graph, threads)
-    reference = torch_runner(params, model)
+    reference = torch_runner(modality_for(params.backbone), params, model)
     worst, scale, sizes = 0.0, 0.0, []
     for chunk in parity_chunks(samples):
         sizes.append(len(chunk))
@@ -51,21 +51,10 @@ def _compare(params: Params, model, graph: Path, samples: np.ndarray,
     return worst, scale, sizes
 
 
-def _check_tokens(params: Params, graph: Path, texts: np.ndarray) -> None:
-    """One-line UserError when the in-graph tokenizer gives other ids than Hugging Face on any of `texts`."""
-    from tasks.model.tokenizer_graph import token_mismatches
-
-    bad = token_mismatches(tokenizer_for(params), params.backbone.max_length, params.export.opset, texts)
-    if bad:
-        raise UserError(f"{graph}: the in-graph tokenizer disagrees with the Hugging Face tokenizer on {len(bad)} of "
-                        f"{len(texts)} held-out texts (first: {str(texts[bad[0]])[:60]!r}); this tokenizer is not "
-                        f"supported in-graph")
-
-
 def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[[], np.ndarray] | None) -> dict:
     """The store's backbone graph, checked: returns its parity record. The first time (no graph, or a graph without
     a record matching its bytes) the graph is exported from torch (unless present) and compared with torch on
-    `sample()` real images; it must agree within `export.parity_tolerance` relative to the largest feature, or a
+    `sample()` real held-out samples; it must agree within `export.parity_tolerance` relative to the largest feature, or a
     one-line UserError says by how much and nothing is kept."""
     record = store.graph_record()
     if record is not None:
@@ -81,14 +70,13 @@ def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[
     model = backbone_model(params).eval()
     try:
         if checking != graph:
-            export_graph(model, checking, params, ["features"])
-        images = sample()
-        if modality_of(params.backbone) == "text":
-            _check_tokens(params, checking, images)
-        worst, scale, sizes = _compare(params, model, checking, images, params.features.threads)
+            modality_for(params.backbone).export_graph(model, checking, params, ["features"])
+        samples = sample()
+        modality_for(params.backbone).check_graph(params, checking, samples)
+        worst, scale, sizes = _compare(params, model, checking, samples, params.features.threads)
         tolerance = params.export.parity_tolerance * max(1.0, scale)
         if not worst <= tolerance:
-            raise UserError(f"{graph}: the backbone graph disagrees with torch on {len(images)} held-out samples "
+            raise UserError(f"{graph}: the backbone graph disagrees with torch on {len(samples)} held-out samples "
                             f"(max |f_onnx - f_torch| = {worst:.2e} > {tolerance:.1e} = export.parity_tolerance x "
                             f"max |f|); "
                             + (f"its cached features are suspect: delete {store.dir} and re-run the features stage"
@@ -98,11 +86,11 @@ def ensure_backbone_graph(params: Params, store: FeatureStore, sample: Callable[
     finally:
         if checking != graph:
             checking.unlink(missing_ok=True)
-    record = {"sha256": sha256_file(graph), "images": int(len(images)), "batch_sizes": sizes,
+    record = {"sha256": sha256_file(graph), "images": int(len(samples)), "batch_sizes": sizes,
               "max_abs_diff": worst, "max_abs_feature": scale, "tolerance": tolerance,
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "opset": params.export.opset,
               "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(store.graph_record_path, json.dumps(record, indent=2))
-    log(f"backbone graph: checked against torch on {len(images)} held-out samples at batch {sizes}: "
+    log(f"backbone graph: checked against torch on {len(samples)} held-out samples at batch {sizes}: "
         f"max |df| {worst:.1e} (features up to {scale:.1f}) -> {graph.name}")
     return record

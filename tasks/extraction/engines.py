@@ -33,24 +33,24 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, threads: int, tokenize=None):
+    def __init__(self, model: nn.Module, threads: int, to_inputs=None):
         import torch
 
         self.device = torch.device("cuda" if cuda_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(resolve_threads(threads))
         self.model = model.eval().to(self.device)
-        if tokenize is None:
+        if to_inputs is None:  # pixels: channels_last is torch's fast layout for convolutions on CPU
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.tokenize = tokenize  # texts -> (input_ids, attention_mask) numpy; None for images
+        self.to_inputs = to_inputs  # raw samples -> the model's inputs (Modality.torch_input); None: as they are
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.tokenize is None:
+        if self.to_inputs is None:
             inputs = (torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True),)
         else:
-            inputs = tuple(torch.from_numpy(a).to(self.device) for a in self.tokenize(batch))
+            inputs = tuple(torch.from_numpy(a).to(self.device) for a in self.to_inputs(batch))
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):

@@ -6,20 +6,18 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
 from tasks.core.files import sha256_file
+from tasks.core.modality_api import Modality
 from tasks.core.params import Params
 from tasks.core.progress import Progress
 from tasks.dataset.hash_cache import HashCache
-from tasks.dataset.manifest_samples import load_listed, sample_decoder
 from tasks.extraction.backbone_graph import backbone_model, ensure_backbone_graph
 from tasks.extraction.engines import OrtEngine, TorchEngine, resolve_engine
 from tasks.extraction.feature_store import FeatureStore
-from tasks.model.backbone_catalog import modality_of
-from tasks.model.modality import token_ids
+from tasks.modality.registry import modality_for
 
 
 def make_engine(params: Params, store: FeatureStore, sample: Callable[[], np.ndarray] | None = None):
@@ -27,8 +25,8 @@ def make_engine(params: Params, store: FeatureStore, sample: Callable[[], np.nda
     `sample()` the first time (`tasks.extraction.backbone_graph`); with it in place, no torch is imported at all."""
     name = resolve_engine(params.features.engine)
     if name == "torch":
-        tokenize = token_ids(params) if modality_of(params.backbone) == "text" else None
-        return TorchEngine(backbone_model(params), params.features.threads, tokenize)
+        to_inputs = modality_for(params.backbone).torch_input(params)
+        return TorchEngine(backbone_model(params), params.features.threads, to_inputs)
     ensure_backbone_graph(params, store, sample)
     return OrtEngine(store.graph, params.features.threads, spin=params.features.decode_workers == 0)
 
@@ -38,7 +36,7 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-def provenance(engine, modality: str = "image") -> dict:
+def provenance(engine, modality: Modality) -> dict:
     """What computes features with `engine`: the engine and its version, the decoder (and its Pillow), numpy, the
     device. Recorded with every shard."""
     import platform
@@ -47,7 +45,7 @@ def provenance(engine, modality: str = "image") -> dict:
         import onnxruntime as runtime
     else:
         import torch as runtime
-    made_by = {"engine": engine.name, "engine_version": runtime.__version__, "decoder": sample_decoder(modality),
+    made_by = {"engine": engine.name, "engine_version": runtime.__version__, "decoder": modality.decoder(),
                "numpy": np.__version__, "device": str(getattr(engine, "device", "cpu")),
                "python": platform.python_version()}
     if engine.name == "onnxruntime":  # the exact graph: evaluate can prove a shipped model computed these rows
@@ -61,21 +59,17 @@ def extract_to_store(params: Params, store: FeatureStore, todo: list[tuple[str, 
     `features.shard_size` rows. Each image file must still hold the bytes its sha256 names (checked through
     `hashes`), or the run stops naming it."""
     p = params.features
-    size, mode, limit = params.backbone.input_size, params.backbone.resize, params.ingest.max_pixels
-    modality = modality_of(params.backbone)
+    modality = modality_for(params.backbone)
 
     def decode(batch):
-        if modality == "text":
-            return np.array([text for _, text in batch], dtype=object)
-        return np.stack([load_listed(Path(path), sha, size, mode, limit, hashes) for sha, path in batch])
+        return modality.decode_batch(batch, params, hashes)
 
     made_by = provenance(engine, modality)
     pending_keys: list[str] = []
     pending_feats: list[np.ndarray] = []
     n_pending = 0
     workers = max(1, p.decode_workers)
-    unit = "text" if modality == "text" else "img"
-    with Progress(len(todo), f"features[{engine.name}]", unit) as bar, ThreadPoolExecutor(workers) as pool:
+    with Progress(len(todo), f"features[{engine.name}]", modality.unit) as bar, ThreadPoolExecutor(workers) as pool:
         queue: deque = deque()
         batches = _batches(todo, p.batch_size)
         for b in batches:  # keep up to `workers` batches decoding ahead of the model

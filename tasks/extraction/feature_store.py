@@ -23,10 +23,10 @@ from filelock import FileLock, Timeout
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_path, atomic_write_text, sha256_file
+from tasks.core.modality_api import Modality
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.dataset.manifest_samples import holds_texts
 from tasks.extraction.fingerprint import feature_fingerprint, feature_recipe
 
 _SHARD = re.compile(r"^\.?shard-(\d{6})")  # shard-000042.npy, its .keys.json, and their temp files (.shard-...)
@@ -127,15 +127,10 @@ class FeatureStore:
                 out.append(k)
         return out
 
-    def missing_samples(self, manifest: pd.DataFrame, root: Path) -> list[tuple[str, str]]:
-        """(sha256, source) of each manifest sample with no row yet, once per content: for an image the absolute
-        path, in manifest order; for a text the text itself, shortest first (batches of similar length pad least)."""
-        missing = self.missing(manifest["sha256"].tolist())
-        if holds_texts(manifest):
-            text = dict(zip(manifest["sha256"], manifest["text"]))
-            return sorted(((k, text[k]) for k in missing), key=lambda kt: (len(kt[1]), kt[0]))
-        first_path = dict(zip(manifest["sha256"], manifest["path"]))
-        return [(k, str(root / first_path[k])) for k in missing]
+    def missing_samples(self, manifest: pd.DataFrame, root: Path, modality: Modality) -> list[tuple[str, str]]:
+        """(sha256, source) of each manifest sample with no row yet, once per content, in the modality's extraction
+        order (`Modality.sources`: an image's absolute path in manifest order; a text itself, shortest first)."""
+        return modality.sources(manifest, self.missing(manifest["sha256"].tolist()), root)
 
     def _shard(self, sid: int) -> np.ndarray:
         if sid not in self._shards:

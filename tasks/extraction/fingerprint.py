@@ -6,33 +6,19 @@ import hashlib
 import json
 
 from tasks.core.params import BackboneParams
-from tasks.dataset.manifest_samples import sample_decoder
-from tasks.model.backbone_catalog import hf_folder, resolve_spec, tokenizer_key, weights_key
+from tasks.modality.registry import modality_named
+from tasks.model.backbone_catalog import resolve_spec
 
 FEATURE_VERSION = 1  # bump when anything about how features are computed changes
 
 
 def feature_recipe(p: BackboneParams, seed: int = 0) -> dict:
-    """Everything that changes a feature vector: backbone, weights, the decoder and its Pillow release, resize,
-    normalisation, layer, input size. Not the engine (torch and ONNX Runtime agree within 1e-4, tested) nor its
-    version: those are recorded per shard (`FeatureStore.append`), and shards from either share the cache."""
+    """Everything that changes a feature vector: backbone, weights, and what the modality adds (for images the decoder
+    and its Pillow release, resize, normalisation, layer, input size; for text the tokenizer, max_length, pooling and
+    the normalisation). Not the engine (torch and ONNX Runtime agree within 1e-4, tested) nor its version: those are
+    recorded per shard (`FeatureStore.append`), and shards from either share the cache."""
     spec = resolve_spec(p.name)
-    if spec.modality == "text":  # the tokenizer's files, max_length and pooling change a text's vector
-        return {"v": FEATURE_VERSION, "backbone": spec.name, "arch": f"{spec.library}:{spec.arch}",
-                "weights": weights_key(p, seed), "tokenizer": tokenizer_key(hf_folder(spec)),
-                "max_length": p.max_length, "pooling": p.pooling, "decoder": sample_decoder("text")}
-    return {
-        "v": FEATURE_VERSION,
-        "backbone": spec.name,
-        "arch": f"{spec.library}:{spec.arch}",
-        "weights": weights_key(p, seed),
-        "size": p.input_size,
-        "resize": p.resize,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "layer": p.layer,
-        "decoder": sample_decoder("image"),
-    }
+    return {"v": FEATURE_VERSION, **modality_named(spec.modality).feature_recipe(p, spec, seed)}
 
 
 def feature_fingerprint(p: BackboneParams, seed: int = 0) -> str:

@@ -18,10 +18,9 @@ import numpy as np
 from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.dataset.hash_cache import HashCache
-from tasks.dataset.manifest_samples import sample_decoder
 from tasks.extraction.extract import extract_to_store, make_engine
 from tasks.extraction.feature_store import FeatureStore
-from tasks.model.backbone_catalog import modality_of
+from tasks.modality.registry import modality_for
 
 PART_PREFIX = ".part-"
 _PART = re.compile(r"^\.part-(\d+)$")
@@ -88,7 +87,7 @@ def extract_part(params: Params, store_dir: Path, index: int, todo: list[tuple[s
     store's cached backbone graph, checking each file against its sha256 (`hashes`: the project's hash cache); never
     touches the main store. Returns the engine's name."""
     store = FeatureStore(store_dir.parent, store_dir.name)  # read-only here: only its cached backbone.onnx is used
-    wanted, mine = store.recipe().get("decoder"), sample_decoder(modality_of(params.backbone))
+    wanted, mine = store.recipe().get("decoder"), modality_for(params.backbone).decoder()
     if wanted is not None and wanted != mine:  # other pixels must not land under this fingerprint
         raise UserError(f"this worker decodes with {mine}, but {store_dir.name} was made with {wanted}: "
                         f"install the project's pinned versions on every worker")

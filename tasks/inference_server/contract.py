@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Triton's TYPE_* names -> the V2 protocol's datatype
-DATATYPES = {"TYPE_UINT8": "UINT8", "TYPE_FP32": "FP32", "TYPE_INT64": "INT64", "TYPE_INT32": "INT32",
-             "TYPE_FP16": "FP16", "TYPE_STRING": "BYTES"}
+from tasks.modality.input_contract import TRITON_TYPES
+
+# Triton's TYPE_* names -> the V2 protocol's datatype, for the datatypes this server decodes
+DATATYPES = {TRITON_TYPES[v2]: v2 for v2 in ("UINT8", "FP32", "INT64", "INT32", "FP16", "BYTES")}
 V2_DTYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16, "UINT32": np.uint32,
              "INT32": np.int32, "UINT64": np.uint64, "INT64": np.int64, "FP16": np.float16, "FP32": np.float32,
              "FP64": np.float64, "BOOL": np.bool_}

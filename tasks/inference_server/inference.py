@@ -69,17 +69,17 @@ def _texts(name: str, items: list, count: int) -> np.ndarray:
 
 
 def _split_bytes(name: str, raw: bytes) -> list[bytes]:
-    """The binary layout of a BYTES tensor: each element as a uint32 little-endian length, then its bytes."""
-    items, i = [], 0
-    while i < len(raw):
-        if i + 4 > len(raw):
-            raise BadRequest(f"input '{name}': BYTES data ends inside an element's 4-byte length")
-        n = int.from_bytes(raw[i : i + 4], "little")
-        if i + 4 + n > len(raw):
-            raise BadRequest(f"input '{name}': a BYTES element of {n} bytes runs past the data")
-        items.append(raw[i + 4 : i + 4 + n])
-        i += 4 + n
-    return items
+    """The binary layout of a BYTES tensor (each element as a uint32 little-endian length, then its bytes), read by
+    tritonclient's own decoder; BadRequest when an element's length or bytes run past the data."""
+    import struct
+
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    try:
+        return list(deserialize_bytes_tensor(raw))
+    except struct.error:
+        raise BadRequest(f"input '{name}': BYTES data ends inside an element (its 4-byte length or its bytes run "
+                         f"past the data)") from None
 
 
 def decode_tensor(name: str, datatype: str, shape: list[int], raw: bytes | None, values) -> np.ndarray:

@@ -20,7 +20,6 @@ from tasks.core.paths import ProjectPaths
 from tasks.inference_server.contract import ModelContract, NotFound, parse_contract, read_contract
 from tasks.registry.champions import champion_version, registry_dir, serving_dir, version_contract, versions
 from tasks.runtime.onnx_classifier import open_session
-from tasks.registry.triton_repo import config_pbtxt
 
 
 @dataclass
@@ -95,8 +94,10 @@ def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | No
             contract = deploy_contract
         else:
             own = version_contract(folder)
-            text = config_pbtxt(model_dir.name, own, deploy_contract.max_batch_size)
-            contract = parse_contract(text, own["classes"], f"{folder}/promotion.json")
+            if own is None:
+                continue
+            text = own.config_pbtxt(model_dir.name, deploy_contract.max_batch_size)
+            contract = parse_contract(text, list(own.classes), f"{folder}/promotion.json")
         reused = old.get((path.stat().st_ino, contract))
         session = reused.session if reused else open_session(path, threads)
         served[number] = ServedVersion(number, path, contract, in_repo, session)

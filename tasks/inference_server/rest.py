@@ -21,19 +21,12 @@ from tasks.inference_server.inference import InferenceService, RequestedOutput, 
 HEADER = "Inference-Header-Content-Length"
 
 
-def serialize_bytes(array: np.ndarray) -> bytes:
-    """BYTES tensor in the binary extension's layout: each element as uint32 little-endian length + bytes."""
-    parts = []
-    for item in array.reshape(-1):
-        b = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(len(b).to_bytes(4, "little") + b)
-    return b"".join(parts)
-
-
 def tensor_bytes(t: Tensor) -> bytes:
     """An output's values as the wire carries them: raw little-endian bytes, or length-prefixed BYTES elements."""
     if t.datatype == "BYTES":
-        return serialize_bytes(t.data)
+        from tritonclient.utils import serialize_byte_tensor  # each element as uint32 LE length + bytes
+
+        return serialize_byte_tensor(np.asarray(t.data, dtype=object)).item()
     return np.ascontiguousarray(t.data).astype(t.data.dtype.newbyteorder("<")).tobytes()
 
 
@@ -138,6 +131,14 @@ def build_app(service: InferenceService) -> FastAPI:
     async def not_found(_, exc: NotFound):
         return _error(404, str(exc))
 
+    _server_routes(app, service)
+    _model_routes(app, service)
+    _repository_routes(app, service)
+    return app
+
+
+def _server_routes(app: FastAPI, service: InferenceService) -> None:
+    """Server metadata and health: live and ready answer as soon as the app runs."""
     @app.get("/v2")
     async def server_metadata():
         return service.server_metadata()
@@ -150,6 +151,9 @@ def build_app(service: InferenceService) -> FastAPI:
     async def ready():
         return Response(status_code=200)
 
+
+def _model_routes(app: FastAPI, service: InferenceService) -> None:
+    """Per model (and version): metadata, config (Triton's ModelConfig as JSON), readiness, inference, statistics."""
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None):
@@ -187,6 +191,9 @@ def build_app(service: InferenceService) -> FastAPI:
         return {"model_stats": [{"name": name, "version": str(served.version), "inference_count": b.rows_run,
                                  "execution_count": b.batches_run, "largest_batch": b.largest_batch}]}
 
+
+def _repository_routes(app: FastAPI, service: InferenceService) -> None:
+    """Triton's repository extension: the index, and load (re-read the deploy repository now)."""
     @app.post("/v2/repository/index")
     async def index():
         return service.index()
@@ -196,5 +203,3 @@ def build_app(service: InferenceService) -> FastAPI:
         service.snapshot.get(name, None)
         await asyncio.to_thread(service.reload)
         return Response(status_code=200)
-
-    return app

@@ -45,7 +45,7 @@ class BackboneSpec:
     package: tuple[str, str] | None = None  # (module, class with get_model_file_path())
     blocks_attr: str = "blocks"
     notes: str = ""
-    modality: str = "image"  # "image" | "text"
+    modality: str = "image"  # the name of what it reads in tasks.modality.registry
     folder: str = ""  # text: the local Hugging Face folder (hf:<folder>); packaged ones are found through `package`
 
 
@@ -158,7 +158,7 @@ def _package_weights_file(spec: BackboneSpec) -> Path:
 
 def weights_source(p: BackboneParams, spec: BackboneSpec) -> tuple[str, Path | None, str]:
     """(kind, file, tag) for the configured weights."""
-    if spec.modality == "text":
+    if spec.library == "hf":  # a Hugging Face folder holds its weights
         if p.weights in ("default", "package"):
             return "package", hf_weights_file(hf_folder(spec)), ""
         if p.weights == "random":
@@ -181,11 +181,6 @@ def weights_source(p: BackboneParams, spec: BackboneSpec) -> tuple[str, Path | N
     if kind == "hub":
         return "hub", None, rest or "DEFAULT"
     return "random", None, ""
-
-
-def modality_of(p: BackboneParams) -> str:
-    """"image" or "text": what the configured backbone reads (and so what ingest looks for)."""
-    return resolve_spec(p.name).modality
 
 
 def weights_key(p: BackboneParams, seed: int = 0) -> str:

@@ -27,8 +27,9 @@ from tasks.core.files import atomic_dir, atomic_write_text, link_or_copy
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
-from tasks.model.backbone_catalog import modality_of
-from tasks.registry.triton_repo import model_contract, write_triton_repo
+from tasks.modality.input_contract import InputContract
+from tasks.modality.registry import contract_from_registry, modality_for
+from tasks.registry.triton_repo import write_triton_repo
 
 _VERSION = re.compile(r"^v(\d{4,})$")
 ARTIFACTS = ("model.onnx", "labels.txt", "MODEL_CARD.md")
@@ -85,10 +86,10 @@ def holdout_keys(paths: ProjectPaths) -> set[str]:
     return keys
 
 
-def version_contract(folder: Path) -> dict:
-    """A promoted version's contract (`triton_repo.model_contract`: classes, and an input size or "texts") from its
-    promotion.json."""
-    return json.loads((folder / "promotion.json").read_text()).get("contract", {})
+def version_contract(folder: Path) -> InputContract | None:
+    """A promoted version's input contract, from its promotion.json (None for a version that recorded none)."""
+    entry = json.loads((folder / "promotion.json").read_text()).get("contract")
+    return contract_from_registry(entry) if entry else None
 
 
 def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, test_keys: list[str]) -> int:
@@ -99,16 +100,18 @@ def promote(paths: ProjectPaths, params: Params, metrics: dict, record: dict, te
     swapped in as one step; the champion pointer is replaced last. Returns the new version number."""
     version = max(versions(paths), default=0) + 1
     classes = [c for c in paths.labels.read_text().split("\n") if c]
-    contract = model_contract(classes, modality_of(params.backbone), params.backbone.input_size)
+    contract = modality_for(params.backbone).input_contract(params, classes)
     final = registry_dir(paths) / f"v{version:04d}"
     with atomic_dir(final, durable=True) as tmp:
         for name in ARTIFACTS:
             if (paths.models / name).exists():
                 link_or_copy(paths.models / name, tmp / name)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / "promotion.json").write_text(json.dumps(record | {"version": version, "contract": contract}, indent=2))
+        (tmp / "promotion.json").write_text(json.dumps(record | {"version": version,
+                                                                "contract": contract.registry_entry()}, indent=2))
         (tmp / "test_keys.json").write_text(json.dumps(sorted(test_keys)))
-    same = {v: folder / "model.onnx" for v, folder in versions(paths).items() if version_contract(folder) == contract}
+    same = {v: folder / "model.onnx" for v, folder in versions(paths).items()
+            if contract.same_input(version_contract(folder))}
     write_triton_repo(serving_dir(paths), params.export.triton_name, contract, params.export.triton_max_batch_size,
                       same, durable=True)
     if len(same) < len(versions(paths)):

@@ -16,6 +16,7 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.evaluation.scoring import score_models
 from tasks.registry.champions import (
     champion_model,
     champion_version,
@@ -24,7 +25,6 @@ from tasks.registry.champions import (
     keep_rejected,
     promote,
 )
-from tasks.evaluation.scoring import score_models
 
 
 def compare(params: Params, paths: ProjectPaths) -> dict:

@@ -17,8 +17,8 @@ import numpy as np
 from tasks.core.errors import UserError
 from tasks.core.hardware import add_extension_ops, ort_providers, resolve_threads
 from tasks.core.params import DEFAULT_MAX_PIXELS
-from tasks.dataset.images import load_checked
-from tasks.dataset.texts import DEFAULT_MAX_TEXT_BYTES, check_decoded, read_text_file
+from tasks.dataset.texts import DEFAULT_MAX_TEXT_BYTES, check_decoded
+from tasks.modality.registry import contract_from_metadata, modality_named
 
 
 @dataclass
@@ -59,12 +59,16 @@ class OnnxClassifier:
                             f"headstart?")
         self.metadata = meta
         self.classes: list[str] = json.loads(meta["headstart.classes"])
-        contract = json.loads(meta["headstart.input"])
-        self.modality: str = contract.get("modality", "image")
-        self.input_name: str = contract.get("name", "images")
-        self.input_size: int = int(contract["size"][0]) if self.modality == "image" else 0
-        self.resize: str = contract.get("resize", "pad")
-        self.max_length: int = int(contract.get("max_length", 0))
+        self.contract = contract_from_metadata(meta, self.classes)
+        self.modality = modality_named(self.contract.modality)
+        self.input_name: str = self.contract.name
+        self.input_size: int = int(self.contract.field("size", [0])[0])
+        self.resize: str = self.contract.field("resize", "pad")
+        self.max_length: int = int(self.contract.field("max_length", 0))
+
+    def load_rows(self, rows, paths, max_pixels: int, hashes=None) -> np.ndarray:
+        """Manifest `rows` as this model takes them (its own input size and resize mode)."""
+        return self.modality.load_rows(rows, paths, self.input_size, self.resize, max_pixels, hashes)
 
     def probs(self, samples: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of raw samples: uint8 NHWC at the model's input size, or texts."""
@@ -86,14 +90,11 @@ class OnnxClassifier:
             if isinstance(p, tuple):  # (name, text) given inline, e.g. a CSV's text column
                 check = check_decoded(p[1], DEFAULT_MAX_TEXT_BYTES)
                 return p[0], (check.text or None), check.reason
-            if self.modality == "text":
-                text, reason = read_text_file(Path(p))
-                return str(p), text, reason
-            array, reason = load_checked(p, self.input_size, self.resize, max_pixels)
-            return str(p), array, reason
+            sample, reason = self.modality.read_input(Path(p), self.input_size, self.resize, max_pixels)
+            return str(p), sample, reason
 
         def stack(items):
-            return np.array(items, dtype=object) if self.modality == "text" else np.stack(items)
+            return np.stack(items) if isinstance(items[0], np.ndarray) else np.array(items, dtype=object)
 
         def flush(batch):
             good = [b for b in batch if b[1] is not None]

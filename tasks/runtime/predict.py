@@ -21,15 +21,15 @@ import pandas as pd
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text
-from tasks.core.params import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
+from tasks.core.modality_api import Modality
 from tasks.core.progress import Progress, log
 from tasks.runtime.onnx_classifier import OnnxClassifier
 
 
-def collect_inputs(items: list[str], modality: str = "image") -> list[Path | tuple[str, str]]:
+def collect_inputs(items: list[str], modality: Modality) -> list[Path | tuple[str, str]]:
     """Expand files, folders (recursively, the modality's extensions) and CSVs (a `path` column; for text also a
     `text` column, each row's text inline, named `<csv>#L<line>`) into a list of inputs."""
-    extensions = IMAGE_EXTENSIONS if modality == "image" else TEXT_EXTENSIONS
+    extensions = modality.default_extensions
     out: list[Path | tuple[str, str]] = []
     for item in items:
         p = Path(item)
@@ -38,19 +38,19 @@ def collect_inputs(items: list[str], modality: str = "image") -> list[Path | tup
                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.suffix.lower() == ".csv" and p.is_file():
             df = pd.read_csv(p, dtype=str, keep_default_na=False)
-            if modality == "text" and "text" in df.columns:
+            if modality.reads_inline_text and "text" in df.columns:
                 out += [(f"{p}#L{i}", t) for i, t in enumerate(df["text"], start=2)]
                 continue
             if "path" not in df.columns:
                 raise UserError(f"{p}: a CSV of inputs needs a 'path' column" +
-                                (" or a 'text' column" if modality == "text" else ""))
+                                (" or a 'text' column" if modality.reads_inline_text else ""))
             out += [Path(x) if Path(x).is_absolute() else p.parent / x for x in df["path"]]
         elif p.exists() or p.suffix:
             out.append(p)  # a missing file is reported on its own row
         else:
             raise UserError(f"'{item}' is neither a file, a folder nor a CSV")
     if not out:
-        raise UserError(f"no {'images' if modality == 'image' else 'texts'} found in {', '.join(items)}")
+        raise UserError(f"no {modality.noun} found in {', '.join(items)}")
     return out
 
 

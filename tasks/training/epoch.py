@@ -13,11 +13,10 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torchvision.transforms import v2
 
 from tasks.core.errors import UserError
 from tasks.core.hardware import cuda_available, resolve_threads
-from tasks.core.params import AugmentParams, FinetuneParams
+from tasks.core.params import FinetuneParams
 from tasks.core.progress import Progress
 
 
@@ -43,33 +42,6 @@ def autocast_for(device: torch.device, amp: str) -> Callable[[], contextlib.Abst
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def make_augment(a: AugmentParams, size: int) -> v2.Compose:
-    """Per-image augmentation of uint8 CHW tensors: random resized crop, horizontal flip, colour jitter (each
-    optional); output size `size`, dtype uint8."""
-    steps = []
-    if a.crop_scale < 1:
-        steps.append(v2.RandomResizedCrop(size, scale=(a.crop_scale, 1.0), antialias=True))
-    if a.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if a.color_jitter:
-        steps.append(v2.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter))
-    return v2.Compose(steps) if steps else v2.Identity()
-
-
-def augmented_batches(augment) -> Callable[[np.ndarray], torch.Tensor]:
-    """uint8 NHWC array -> the batch tensor a train step feeds the model: each image through `augment`."""
-    def make(images: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        return torch.stack([augment(img) for img in pixels]).permute(0, 2, 3, 1)
-    return make
-
-
-def token_batches(ids: np.ndarray) -> torch.Tensor:
-    """int64 (N, L) token ids padded with [PAD] -> the batch tensor a text model's train step takes (no augmentation:
-    the model cuts the batch to its longest row)."""
-    return torch.from_numpy(np.ascontiguousarray(ids))
 
 
 def score(model, images: np.ndarray, labels: torch.Tensor, device: torch.device, autocast,
@@ -105,7 +77,7 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 def train_pass(forward, opt, sched, scaler, images: np.ndarray, labels: torch.Tensor, order: torch.Tensor,
                p: FinetuneParams, make_batch, device: torch.device, autocast, desc: str) -> tuple[float, float]:
     """One pass over `images` (pixels or token ids) in `order` (batches of p.batch_size, each made by `make_batch`:
-    `augmented_batches` or `token_batches`), stepping optimizer and scheduler per batch; returns the running (loss,
+    `tasks.model.batches`), stepping optimizer and scheduler per batch; returns the running (loss,
     accuracy) over the pass. The caller sets train/eval modes beforehand."""
     loss_sum, correct, seen = 0.0, 0, 0
     with Progress(len(order), desc) as bar:

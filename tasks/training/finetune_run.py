@@ -30,32 +30,25 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.dataset.manifest import read_manifest, split_rows
-from tasks.dataset.pixel_cache import prune, split_pixels
 from tasks.extraction.fingerprint import feature_fingerprint
-from tasks.model.backbone_catalog import modality_of
+from tasks.modality.registry import modality_for
 from tasks.model.finetune_record import clear_finetune_outputs, head_sha256, write_finetune_summary
 from tasks.model.head_format import Head
-from tasks.model.modality import build_model, token_ids
 from tasks.model.torch_head import HeadModule, random_like
+from tasks.model.units import Units
 from tasks.training.checkpoints import load_checkpoint, restore_rng, rng_states, save_checkpoint, state_sha256
 from tasks.training.curves import plot_curves
 from tasks.training.epoch import (
-    augmented_batches,
     autocast_for,
     batches_per_epoch,
-    make_augment,
     resolve_device_and_amp,
     score,
-    token_batches,
     train_pass,
 )
 from tasks.training.freezing import (
-    Units,
     apply_depth,
-    backbone_units,
     check_strategy,
     depth_at,
-    encoder_units,
     param_groups,
     set_train_modes,
     warmup_cosine,
@@ -149,23 +142,6 @@ def _split_data(params: Params, paths: ProjectPaths, probe: Head):
     return train_rows, val_rows, rows, {c: i for i, c in enumerate(probe.classes)}
 
 
-def _inputs(params: Params, paths: ProjectPaths, train_rows: pd.DataFrame,
-            val_rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, Callable]:
-    """(train inputs, val inputs, batch maker): pixels from the pixel cache with augmentation, or token ids from the
-    Hugging Face tokenizer (the in-graph tokenizer's reference) for text."""
-    if modality_of(params.backbone) == "text":
-        tokenize = token_ids(params)
-        x_train, _ = tokenize(train_rows["text"].tolist())
-        x_val, _ = tokenize(val_rows["text"].tolist())
-        return x_train, x_val, token_batches
-    size, mode = params.backbone.input_size, params.backbone.resize
-    limit = params.ingest.max_pixels
-    x_train = split_pixels(train_rows, paths, size, mode, limit, "finetune: decoding train")
-    x_val = split_pixels(val_rows, paths, size, mode, limit, "finetune: decoding val")
-    prune(paths, {Path(x_train.filename), Path(x_val.filename)})
-    return x_train, x_val, augmented_batches(make_augment(params.finetune.augment, size))
-
-
 def prepare(params: Params, paths: ProjectPaths) -> Run:
     """Device, the probe head, the backbone cut into units, the decoded splits, the model and its optimizer."""
     p = params.finetune
@@ -173,17 +149,17 @@ def prepare(params: Params, paths: ProjectPaths) -> Run:
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     probe = Head.load(paths.head)
     probe.require_features(feature_fingerprint(params.backbone, params.seed), paths.head)
-    model, loaded = build_model(params, HeadModule(probe))
-    text = modality_of(params.backbone) == "text"
-    units = encoder_units(loaded.model, loaded.blocks) if text else backbone_units(loaded.model, loaded.blocks)
+    modality = modality_for(params.backbone)
+    model, loaded = modality.build_model(params, HeadModule(probe))
+    units = modality.units(loaded)
     check_strategy(p, units, params.backbone.name)
     train_rows, val_rows, rows, index = _split_data(params, paths, probe)
-    x_train, x_val, make_batch = _inputs(params, paths, train_rows, val_rows)
+    x_train, x_val, make_batch = modality.finetune_inputs(params, paths, train_rows, val_rows)
     fit_idx = np.random.default_rng(params.seed).permutation(len(train_rows))[:FIT_SAMPLE]
     fit_idx.sort()
 
     model = model.to(device)
-    if device.type == "cpu" and not text:
+    if device.type == "cpu" and modality.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(model.head, units, p), betas=(0.9, 0.999))
     steps_per_epoch = batches_per_epoch(len(train_rows), p.batch_size)
@@ -301,8 +277,7 @@ def train(params: Params, paths: ProjectPaths) -> dict:
     p = params.finetune
     run = prepare(params, paths)
     history, start_epoch = resume_or_start(run)
-    at = (f"{params.backbone.max_length} tokens" if modality_of(params.backbone) == "text" else
-          f"{params.backbone.input_size}px")
+    at = modality_for(params.backbone).input_extent(params.backbone)
     log(f"finetune: {p.strategy} on {len(run.y_train)} train / {len(run.y_val)} val samples at "
         f"{at}, {p.epochs} epochs x {run.steps_per_epoch} steps, device {run.device.type}"
         f"{'' if run.device.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}, amp {run.amp}, "

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from tasks.core.errors import UserError
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
+from tasks.modality.registry import modality_for
 from tasks.model.finetune_record import finetune_summary, head_sha256
 from tasks.model.head_format import Head
 
@@ -21,10 +22,9 @@ if TYPE_CHECKING:  # torch is imported only when a model is built: evaluate and 
 def build_classifier(params: Params, head: Head, state: dict | None = None) -> ImageModel | TextModel:
     """raw samples' tensor -> (logits, probs): the params' backbone with `head` (as a HeadModule) on top, in eval
     mode; with `state`, the weights of a fine-tuned model are loaded over it."""
-    from tasks.model.modality import build_model
     from tasks.model.torch_head import HeadModule
 
-    model, _ = build_model(params, HeadModule(head))
+    model, _ = modality_for(params.backbone).build_model(params, HeadModule(head))
     if state is not None:
         model.load_state_dict(state)
     return model.eval()
