@@ -7,6 +7,12 @@
   `$PREFECT_HOME` (the project's `.prefect/`), its log in `.prefect/server.log`. `HEADSTART_PREFECT_SERVER=temporary`
   keeps Prefect's temporary per-run server instead (what the tests use: they never leave a server running).
 - **A schedule's server** (`local_server`): `headstart schedule` runs one for as long as it serves, on its own port.
+
+Why not `prefect server start --background` (Prefect 3.8): it starts uvicorn with stdout and stderr on pipes that
+nobody reads once the command returns (a server that logs more than a pipe buffer blocks), in the caller's session
+(Ctrl-C on a run would stop it), and does not wait for health. This module runs the same `prefect server start` in the
+foreground of a detached process with its log in a file, and keeps Prefect's pid-file convention, so `prefect server
+stop` still works.
 """
 
 from __future__ import annotations

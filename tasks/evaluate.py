@@ -107,6 +107,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     paths = paths or default_paths()
     t0 = time.perf_counter()
     head = Head.load(paths.head)
+    modality = modality_for(params.backbone)
     split = params.evaluate.split
     artifact = params.evaluate.artifact
     if artifact == "head" and finetune_summary(paths).get("kept") == "finetuned":
@@ -149,7 +150,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     write_model_card(params, paths, manifest, metrics | how, per_class)
     int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
     log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
-        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} {modality_for(params.backbone).noun} ({scored}){int8} in "
+        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} {modality.noun} ({scored}){int8} in "
         f"{time.perf_counter() - t0:.1f}s -> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, "
         f"{png.relative_to(paths.root)}")
     return EvaluateSummary(split, int(len(y)), metrics["accuracy"], metrics["f1_macro"],

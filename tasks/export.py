@@ -33,6 +33,7 @@ import onnx
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text
+from tasks.core.modality_api import Modality
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
@@ -72,7 +73,7 @@ def _git_commit(root: Path) -> str:
         return "unknown"
 
 
-def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str, str]:
+def model_metadata(params: Params, head: Head, paths: ProjectPaths, modality: Modality) -> dict[str, str]:
     """metadata_props written into the ONNX model (all values are strings, JSON where structured)."""
     head_file = paths.models / "head.json"  # validation metrics of the head (test metrics come after, in evaluate)
     head_info = json.loads(head_file.read_text()) if head_file.exists() else {}
@@ -83,7 +84,7 @@ def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str,
     p = params.backbone
     return {
         "headstart.classes": json.dumps(head.classes),
-        "headstart.input": modality_for(p).input_contract(params, head.classes).metadata_json(),
+        "headstart.input": modality.input_contract(params, head.classes).metadata_json(),
         "headstart.outputs": json.dumps({"logits": "raw scores (batch, classes)", "probs": "softmax of logits"}),
         "headstart.backbone": json.dumps(feature_recipe(p, params.seed)),
         "headstart.fingerprint": head.fingerprint,
@@ -98,12 +99,12 @@ def model_metadata(params: Params, head: Head, paths: ProjectPaths) -> dict[str,
     }
 
 
-def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str]) -> dict:
+def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str], modality: Modality) -> dict:
     """Build models/int8/model.onnx if enabled and accurate enough; always write models/int8/report.json."""
     p = params.export
     out_dir = paths.models / "int8"
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocker = modality_for(params.backbone).int8_blocker()
+    blocker = modality.int8_blocker()
     if not p.int8 or blocker:
         (out_dir / "model.onnx").unlink(missing_ok=True)
         report = {"enabled": False, "reason": "export.int8 is false" if not p.int8 else blocker}
@@ -141,25 +142,26 @@ def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
     return proto, meta, (reference, "the store's backbone graph + the head in numpy")
 
 
-def _torch_graph(params: Params, paths: ProjectPaths, head: Head, state: dict,
+def _torch_graph(params: Params, modality: Modality, head: Head, state: dict,
                  staging: Path) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
     """The fine-tuned model exported from torch; its parity reference is torch eager."""
     from tasks.modality.shipped_model import build_classifier
 
     model = build_classifier(params, head, state)
-    modality_for(params.backbone).export_graph(model, staging, params, ["logits", "probs"])
+    modality.export_graph(model, staging, params, ["logits", "probs"])
     return onnx.load(str(staging)), {}, (torch_probs(params, model), "torch eager")
 
 
-def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: Path) -> ParityReport:
+def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: Path,
+                     modality: Modality) -> ParityReport:
     """Build the graph for what ships into `staging`, with metadata, checked by onnx and by its parity gate."""
     samples = parity_samples(params, paths)
     state = shipped_state(paths)
     if state is None:
         proto, meta, (reference, what) = _frozen_graph(params, paths, head, samples)
     else:
-        proto, meta, (reference, what) = _torch_graph(params, paths, head, state, staging)
-    for key, value in (model_metadata(params, head, paths) | meta).items():
+        proto, meta, (reference, what) = _torch_graph(params, modality, head, state, staging)
+    for key, value in (model_metadata(params, head, paths, modality) | meta).items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "headstart"
     onnx.checker.check_model(proto)
@@ -173,9 +175,10 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     paths = paths or default_paths()
     t0 = time.perf_counter()
     head = Head.load(paths.head)
+    modality = modality_for(params.backbone)
     staging = paths.onnx.with_name(f".{paths.onnx.name}.staging.onnx")
     try:
-        report = _write_candidate(params, paths, head, staging)
+        report = _write_candidate(params, paths, head, staging, modality)
         if not report.passed:
             raise ExportParityError(
                 f"export parity gate failed on {report.images} samples: max |p_onnx - p_reference| = "
@@ -185,14 +188,13 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     finally:
         staging.unlink(missing_ok=True)
     atomic_write_text(paths.labels, "\n".join(head.classes) + "\n")
-    int8 = _int8_variant(params, paths, head.classes)
+    int8 = _int8_variant(params, paths, head.classes, modality)
     size_mb = paths.onnx.stat().st_size / 1e6
     summary = ExportSummary(str(paths.onnx), str(paths.labels), size_mb, report, time.perf_counter() - t0)
     record = asdict(summary) | {"onnx": paths.onnx.relative_to(paths.root).as_posix(),
                                 "labels": paths.labels.relative_to(paths.root).as_posix(),
                                 "opset": params.export.opset, "int8_accepted": bool(int8.get("accepted", False))}
     atomic_write_text(paths.metrics / "export.json", json.dumps(record, indent=2))
-    modality = modality_for(params.backbone)
     takes = f"{modality.noun}, {modality.input_extent(params.backbone)}"
     log(f"export: {paths.onnx.relative_to(paths.root)} ({size_mb:.1f} MB, {len(head.classes)} classes, input "
         f"{takes}), a candidate; parity with {report.reference} on "

@@ -7,12 +7,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tasks.core.params import BackboneParams
+from tasks.core.params import BackboneParams, Params
+from tasks.modality.image import ImageModality
+from tasks.modality.registry import modality_for, modality_named
 from tasks.model.backbone_catalog import CATALOG
-from tasks.model.backbones import build_backbone
 from tasks.model.image_model import ImageModel
 from tasks.model.onnx_export import export_onnx
-from tasks.model.units import backbone_units
 
 SIZE = 64  # tiny input: every catalog architecture still downsamples to at least 1x1 here
 # vgg16's fully connected layers make a 0.5 GB graph; it is built and cut into units here, but its export runs only
@@ -20,16 +20,15 @@ SIZE = 64  # tiny input: every catalog architecture still downsamples to at leas
 HEAVY_EXPORTS = {"vgg16"}
 
 
-IMAGE_BACKBONES = sorted(n for n, s in CATALOG.items() if s.modality == "image")  # text: tests/test_text.py
+# text backbones export with their tokenizer: tests/test_text.py
+IMAGE_BACKBONES = sorted(n for n, s in CATALOG.items() if isinstance(modality_named(s.modality), ImageModality))
 
 
 def _build(name: str):
+    """The backbone as its modality builds it, random weights: the LoadedBackbone."""
     torch.manual_seed(0)
-    if CATALOG[name].modality == "text":
-        from tasks.model.text_backbones import build_text_backbone
-
-        return build_text_backbone(BackboneParams(name=name, weights="random"), seed=0)
-    return build_backbone(BackboneParams(name=name, weights="random", input_size=SIZE), seed=0)
+    p = BackboneParams(name=name, weights="random", input_size=SIZE)
+    return modality_for(p).build_model(Params(backbone=p, seed=0))[1]
 
 
 @pytest.fixture(params=IMAGE_BACKBONES)
@@ -40,12 +39,7 @@ def built(request):
 @pytest.mark.parametrize("name", sorted(CATALOG))
 def test_catalog_backbone_unfreezes_block_by_block(name):
     loaded = _build(name)
-    if CATALOG[name].modality == "text":
-        from tasks.model.units import encoder_units
-
-        units = encoder_units(loaded.model, loaded.blocks)
-    else:
-        units = backbone_units(loaded.model, loaded.blocks)
+    units = modality_for(BackboneParams(name=name)).units(loaded)
     assert len(units) >= 3, f"{name}: last_n/gradual need a block list, got units {units.names}"
     everything = {id(p) for p in loaded.model.parameters()}
     covered = set()

@@ -16,6 +16,15 @@ def _candidate(paths: ProjectPaths, classes: list[str], tag: str) -> None:
     (paths.models / "MODEL_CARD.md").write_text(f"# card {tag}\n")
 
 
+def _output_dims(folder) -> list[int]:
+    """The class dimension of each output in the folder's config.pbtxt, parsed with Triton's own schema."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    return [d for out in config.output for d in out.dims]
+
+
 def test_a_contract_change_swaps_the_whole_model_folder_and_the_registry_keeps_every_version(tmp_path):
     paths, params = ProjectPaths(tmp_path), Params()
     folder = serving_dir(paths) / params.export.triton_name
@@ -23,12 +32,12 @@ def test_a_contract_change_swaps_the_whole_model_folder_and_the_registry_keeps_e
         _candidate(paths, ["cat", "dog", "fox"], tag)
         promote(paths, params, {"f1_macro": 0.5}, {"reason": tag}, test_keys=[tag])
     assert sorted(p.name for p in folder.iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]
-    assert (folder / "2" / "model.onnx").read_bytes() == b"onnx b" and "dims: [ 3 ]" in (folder / "config.pbtxt").read_text()
+    assert (folder / "2" / "model.onnx").read_bytes() == b"onnx b" and _output_dims(folder) == [3, 3]
 
     _candidate(paths, ["cat", "dog"], "c")  # one class fewer: the old versions cannot share the new config
     assert promote(paths, params, {"f1_macro": 0.6}, {"reason": "c"}, test_keys=["c"]) == 3
     assert sorted(p.name for p in folder.iterdir()) == ["3", "config.pbtxt", "labels.txt"]
-    assert "dims: [ 2 ]" in (folder / "config.pbtxt").read_text()
+    assert _output_dims(folder) == [2, 2]
     assert (folder / "labels.txt").read_text() == "cat\ndog\n"
     assert list(versions(paths)) == [1, 2, 3] and champion_version(paths) == 3
     assert champion_model(paths).read_bytes() == b"onnx c"

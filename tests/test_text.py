@@ -163,7 +163,7 @@ def test_the_exported_model_takes_strings_and_matches_torch(text_project):
 
     paths, params, results = text_project
     clf = OnnxClassifier(paths.onnx)
-    assert clf.modality == "text" and clf.input_name == "texts"
+    assert clf.modality.name == "text" and clf.input_name == "texts"
     graph = onnx.load(str(paths.onnx))
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
     assert any(o.domain == "ai.onnx.contrib" for o in graph.opset_import)

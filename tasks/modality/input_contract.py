@@ -79,4 +79,5 @@ class InputContract:
         """`model_config` in Triton's text format, headed by the contract's note."""
         from google.protobuf import text_format
 
-        return self.config_note + text_format.MessageToString(self.model_config(name, max_batch_size))
+        return self.config_note + text_format.MessageToString(self.model_config(name, max_batch_size),
+                                                              use_short_repeated_primitives=True)

@@ -26,6 +26,7 @@ import torch
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_path
+from tasks.core.modality_api import Modality
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
@@ -67,6 +68,7 @@ class Run:
     amp: str
     autocast: Callable
     probe: Head
+    modality: Modality
     units: Units
     model: torch.nn.Module  # ImageModel or TextModel
     forward: Callable  # the model, or its torch.compile'd twin
@@ -165,7 +167,7 @@ def prepare(params: Params, paths: ProjectPaths) -> Run:
     steps_per_epoch = batches_per_epoch(len(train_rows), p.batch_size)
     total, warmup = p.epochs * steps_per_epoch, int(round(p.warmup_epochs * steps_per_epoch))
     return Run(
-        params, paths, device, amp, autocast_for(device, amp), probe, units, model,
+        params, paths, device, amp, autocast_for(device, amp), probe, modality, units, model,
         torch.compile(model) if p.compile else model, opt,
         torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup)),
         torch.amp.GradScaler("cuda", enabled=amp == "fp16"), make_batch,
@@ -277,7 +279,7 @@ def train(params: Params, paths: ProjectPaths) -> dict:
     p = params.finetune
     run = prepare(params, paths)
     history, start_epoch = resume_or_start(run)
-    at = modality_for(params.backbone).input_extent(params.backbone)
+    at = run.modality.input_extent(params.backbone)
     log(f"finetune: {p.strategy} on {len(run.y_train)} train / {len(run.y_val)} val samples at "
         f"{at}, {p.epochs} epochs x {run.steps_per_epoch} steps, device {run.device.type}"
         f"{'' if run.device.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}, amp {run.amp}, "
