@@ -13,7 +13,6 @@ from tritonclient.grpc import model_config_pb2
 from tasks.core.errors import UserError
 from tasks.core.modality_api import Modality
 from tasks.core.params import BackboneParams, Params
-from tasks.model.backbone_catalog import CATALOG
 from tasks.modality.registry import (
     MODALITIES,
     contract_from_metadata,
@@ -21,6 +20,7 @@ from tasks.modality.registry import (
     modality_for,
     modality_named,
 )
+from tasks.model.backbone_catalog import CATALOG
 from tests.conftest import REPO
 
 REGISTRY = REPO / "tasks" / "modality" / "registry.py"
