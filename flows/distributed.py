@@ -4,7 +4,7 @@
 same rows; only the split into shard files may differ), but runs the extraction as one Prefect task per contiguous
 chunk of the missing images, each on a Dask worker. Design, and why:
 
-- **The coordinator (this flow) owns the store.** It takes the store's writer lock (`tasks.feature_store.acquire`)
+- **The coordinator (this flow) owns the store.** It takes the store's writer lock (`tasks.extraction.feature_store.acquire`)
   for its whole run and is the only process that ever appends to the store. `FeatureStore.append` picks the next
   shard id from the files on disk, so two workers appending at once could pick the same id and overwrite each other;
   workers never take the lock (the coordinator holds it) and never write to the store.

@@ -111,14 +111,3 @@ def test_telemetry_settings_agree_across_python_shell_and_dvc():
     dvc.read(REPO / ".dvc" / "config")
     assert dvc["core"]["analytics"] == "false" and dvc["core"]["check_update"] == "false"
     assert NO_TELEMETRY["DVC_NO_ANALYTICS"] == "1"
-
-
-def test_every_test_the_readme_names_as_a_guarantee_exists():
-    import ast
-
-    readme = (REPO / "README.md").read_text()
-    named = set(re.findall(r"`(test_\w+)::(test_\w+)`", readme))
-    assert len(named) >= 20  # the guarantees section is there
-    defined = {(f.stem, node.name) for f in (REPO / "tests").glob("test_*.py")
-               for node in ast.parse(f.read_text()).body if isinstance(node, ast.FunctionDef)}
-    assert sorted(named - defined) == []

@@ -2,7 +2,7 @@
 Hugging Face WordPiece tokenizer's ids exactly, so a text model's graph takes raw strings.
 
 Built on onnxruntime-extensions' `BertTokenizer` op (domain `ai.onnx.contrib`; a session must register the
-extensions library: `tasks.core.hardware.session_options`). Three things the op does not do are done around it:
+extensions library: `tasks.core.hardware.add_extension_ops`). Three things the op does not do are done around it:
 - **batches**: the op tokenizes one string per call, so an ONNX `Loop` runs it over the batch;
 - **truncation**: each text's ids are cut to `max_length - 1` and the final `[SEP]` appended again, as Hugging Face's
   `truncation=True` does;
