@@ -80,7 +80,7 @@ def extract_shard(params: Params, features_root: str, fingerprint: str, index: i
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = "local"
-    return {"index": index, "images": len(todo), "engine": engine, "worker": worker, "pid": os.getpid(),
+    return {"index": index, "samples": len(todo), "engine": engine, "worker": worker, "pid": os.getpid(),
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -206,15 +206,15 @@ def extract_features_distributed(root: str | None = None, shards: int = 2, addre
     n_unique = int(manifest["sha256"].nunique())
     engine = results[0]["engine"] if results else resolve_engine(params.features.engine)
     summary = {
-        "fingerprint": store.fingerprint, "store": str(store.dir), "engine": engine, "images": n_unique,
+        "fingerprint": store.fingerprint, "store": str(store.dir), "engine": engine, "samples": n_unique,
         "cache_hits": n_unique - len(todo), "extracted": len(todo), "salvaged": salvaged, "shards": len(chunks),
         "shard_files": files, "workers": sorted({r["worker"] for r in results}), "cluster": cluster,
         "tasks": results, "seconds": round(seconds, 3),
-        "images_per_s": round(len(todo) / seconds, 1) if todo else 0.0,
+        "samples_per_s": round(len(todo) / seconds, 1) if todo else 0.0,
     }
-    log(f"features (distributed): {n_unique} images, {summary['cache_hits']} cache hits, {len(todo)} extracted "
+    log(f"features (distributed): {n_unique} samples, {summary['cache_hits']} cache hits, {len(todo)} extracted "
         f"in {len(chunks)} shard(s) on {len(summary['workers'])} worker(s) [{engine}] in {seconds:.1f}s "
-        f"({summary['images_per_s']:.1f} img/s) -> {store.fingerprint}")
+        f"({summary['samples_per_s']:.1f}/s) -> {store.fingerprint}")
     return summary
 
 

@@ -34,12 +34,12 @@ class FeaturesSummary:
     fingerprint: str
     store: str
     engine: str
-    images: int
+    samples: int
     cache_hits: int
     extracted: int
     rejected: int  # files ingest rejected (see data/prepared/rejected.csv)
     seconds: float
-    images_per_s: float
+    samples_per_s: float
 
 
 def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesSummary:
@@ -73,8 +73,8 @@ def run_features(params: Params, paths: ProjectPaths | None = None) -> FeaturesS
     rejected = len(read_rejected(paths))
     summary = FeaturesSummary(store.fingerprint, str(store.dir), engine_name, n_unique, n_unique - len(todo),
                               len(todo), rejected, seconds, len(todo) / seconds if todo else 0.0)
-    log(f"features: {summary.images} {modality.noun}, {summary.cache_hits} cache hits, {summary.extracted} extracted, "
-        f"{rejected} rejected by ingest [{engine_name}] in {seconds:.1f}s ({summary.images_per_s:.1f} {modality.unit}/s) "
+    log(f"features: {summary.samples} {modality.noun}, {summary.cache_hits} cache hits, {summary.extracted} extracted, "
+        f"{rejected} rejected by ingest [{engine_name}] in {seconds:.1f}s ({summary.samples_per_s:.1f} {modality.unit}/s) "
         f"-> {Path(summary.store).name}")
     return summary
 

@@ -78,7 +78,7 @@ def test_sharded_extraction_on_a_local_dask_cluster_equals_the_single_process_st
     assert got.shape == want.shape == (len(keys), 1280)
     diff = float(np.abs(got - want).max())
     print(f"\ndistributed vs single-process: max |diff| = {diff:.3g}, bitwise equal: {np.array_equal(got, want)}; "
-          f"first distributed run {took:.1f}s, tasks {[(t['images'], t['seconds']) for t in first['tasks']]}")
+          f"first distributed run {took:.1f}s, tasks {[(t['samples'], t['seconds']) for t in first['tasks']]}")
     assert np.array_equal(got, want)  # bitwise, as the README says: same engine, same batches, same graph
     assert not list(store.dir.glob(".part-*")) and not list(store.dir.glob(".shard-*"))
     assert len(list(store.dir.glob("shard-*.keys.json"))) == -(-n_first // 40)  # re-cut to features.shard_size
@@ -101,7 +101,7 @@ def test_sharded_extraction_on_a_local_dask_cluster_equals_the_single_process_st
     assert third["salvaged"] == 5 and third["extracted"] == 5 and third["cache_hits"] == n_first + 5
     assert third["shards"] == 1  # five images are one batch: one chunk
     all_keys = pd.read_parquet(paths.manifest)["sha256"].tolist()
-    assert len(set(all_keys)) == ref.images
+    assert len(set(all_keys)) == ref.samples
     got_all, want_all = open_store(params, paths).get(all_keys), ref_store.get(all_keys)
     print(f"after the incremental run: max |diff| = {float(np.abs(got_all - want_all).max()):.3g}, "
           f"bitwise equal: {np.array_equal(got_all, want_all)}")

@@ -55,16 +55,16 @@ def test_a_new_decoder_identity_re_extracts_everything_and_switching_back_hits_t
     params = project_params(paths)
     run_ingest(params, paths)
     first = run_features(params, paths)
-    assert first.extracted == first.images > 0
+    assert first.extracted == first.samples > 0
     provenance = open_store(params, paths).provenances()
     assert provenance and provenance[0]["decoder"] == decoder_identity() and provenance[0]["engine"] == "onnxruntime"
 
     monkeypatch.setattr(images, "DECODER_VERSION", images.DECODER_VERSION + 1)  # as after a pixel-changing edit
     changed = run_features(params, paths)
-    assert changed.fingerprint != first.fingerprint and changed.extracted == changed.images == first.images
+    assert changed.fingerprint != first.fingerprint and changed.extracted == changed.samples == first.samples
     monkeypatch.undo()
     back = run_features(params, paths)
-    assert back.fingerprint == first.fingerprint and back.extracted == 0 and back.cache_hits == first.images
+    assert back.fingerprint == first.fingerprint and back.extracted == 0 and back.cache_hits == first.samples
 
 
 @pytest.fixture(autouse=True)

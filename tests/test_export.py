@@ -155,7 +155,7 @@ def test_predict_on_a_folder_reports_a_corrupt_file_on_its_row(exported, tmp_pat
     out = tmp_path / "preds.csv"
     summary = predict([str(folder)], model=paths.onnx, top_k=2, out=str(out))
     rows = pd.read_csv(out, keep_default_na=False)
-    assert summary.images == 6 and summary.errors == 1 and len(rows) == 6
+    assert summary.inputs == 6 and summary.errors == 1 and len(rows) == 6
     bad = rows[rows["path"].str.endswith("broken.png")].iloc[0]
     assert bad["error"] and bad["label_1"] == ""
     good = rows[rows["error"] == ""]

@@ -33,10 +33,10 @@ def test_incremental_extraction_only_runs_new_images_and_renames_cost_nothing(tm
 
     run_ingest(params, paths)
     first = run_features(params, paths)
-    assert first.extracted == first.images > 0 and first.cache_hits == 0
+    assert first.extracted == first.samples > 0 and first.cache_hits == 0
 
     again = run_features(params, paths)
-    assert again.extracted == 0 and again.cache_hits == first.images
+    assert again.extracted == 0 and again.cache_hits == first.samples
 
     for f in sorted((paths.raw / "buildings").rglob("*.png"))[:3]:  # rename/move: same bytes, same key
         f.rename(f.with_name("moved_" + f.name))
@@ -45,7 +45,7 @@ def test_incremental_extraction_only_runs_new_images_and_renames_cost_nothing(tm
     run_ingest(params, paths)
     third = run_features(params, paths)
     assert third.extracted == 5
-    assert third.cache_hits == first.images
+    assert third.cache_hits == first.samples
 
     store = open_store(params, paths)
     manifest = pd.read_parquet(paths.manifest)

@@ -1,5 +1,5 @@
 """Dynamic batching, as Triton's `dynamic_batching` does it: concurrent requests for the same model version are
-stacked into one ONNX Runtime call of at most `max_batch_size` images. Small on purpose: one asyncio queue, a fixed
+stacked into one ONNX Runtime call of at most `max_batch_size` samples. Small on purpose: one asyncio queue, a fixed
 number of instances (ONNX Runtime calls in worker threads), results split back in request order.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 class _Job:
     key: object                  # what must match to share a batch: the session and the requested outputs
     run: object                  # callable(inputs: np.ndarray) -> list[np.ndarray]
-    images: np.ndarray
+    samples: np.ndarray
     future: asyncio.Future = field(repr=False)
 
 
@@ -36,21 +36,21 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.batches_run = 0     # ONNX Runtime calls (Triton's execution_count)
-        self.rows_run = 0        # images inferred (Triton's inference_count)
+        self.rows_run = 0        # samples inferred (Triton's inference_count)
         self.largest_batch = 0
 
-    async def submit(self, key, run, images: np.ndarray) -> list[np.ndarray]:
-        """The outputs of `run` for `images`, computed alone or stacked with other requests that share `key`."""
+    async def submit(self, key, run, samples: np.ndarray) -> list[np.ndarray]:
+        """The outputs of `run` for `samples`, computed alone or stacked with other requests that share `key`."""
         if not self.enabled:
-            outputs = await asyncio.to_thread(run, images)
+            outputs = await asyncio.to_thread(run, samples)
             self.batches_run += 1
-            self.rows_run += len(images)
+            self.rows_run += len(samples)
             return outputs
         if self._queue is None:
             self._queue, self._free = asyncio.Queue(), asyncio.Semaphore(self.instances)
             self._task = asyncio.create_task(self._loop())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(key, run, images, future))
+        await self._queue.put(_Job(key, run, samples, future))
         return await future
 
     async def _loop(self) -> None:
@@ -58,15 +58,15 @@ class DynamicBatcher:
         while True:
             await self._free.acquire()
             first = pending.pop(0) if pending else await self._queue.get()
-            batch, rows = [first], len(first.images)
+            batch, rows = [first], len(first.samples)
             while rows < self.max_batch_size and not pending:
                 try:
                     job = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-                if job.key == first.key and rows + len(job.images) <= self.max_batch_size:
+                if job.key == first.key and rows + len(job.samples) <= self.max_batch_size:
                     batch.append(job)
-                    rows += len(job.images)
+                    rows += len(job.samples)
                 else:
                     pending.append(job)  # another version or too big to join: it leads the next batch
             task = asyncio.create_task(self._run(batch, rows))
@@ -75,7 +75,7 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Job], rows: int) -> None:
         try:
-            stacked = batch[0].images if len(batch) == 1 else np.concatenate([j.images for j in batch])
+            stacked = batch[0].samples if len(batch) == 1 else np.concatenate([j.samples for j in batch])
             try:
                 outputs = await asyncio.to_thread(batch[0].run, stacked)
             except Exception as exc:  # one failing batch must not stop the loop; each caller gets the error
@@ -88,7 +88,7 @@ class DynamicBatcher:
             self.largest_batch = max(self.largest_batch, rows)
             start = 0
             for job in batch:
-                n = len(job.images)
+                n = len(job.samples)
                 if not job.future.done():  # the client may have gone away
                     job.future.set_result([o[start : start + n] for o in outputs])
                 start += n

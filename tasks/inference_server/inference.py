@@ -178,15 +178,15 @@ class InferenceService:
             if r.class_count and r.name != "probs":
                 raise BadRequest(f"classification is offered on output 'probs' only, not '{r.name}'")
         names = sorted({r.name for r in requested})
-        images = arrays[0]
-        if images.dtype == object:  # texts: the request's [batch, 1] is the graph's [batch] (config.pbtxt reshape)
-            images = images.reshape(-1)
+        samples = arrays[0]
+        if samples.dtype == object:  # texts: the request's [batch, 1] is the graph's [batch] (config.pbtxt reshape)
+            samples = samples.reshape(-1)
         input_name = contract.inputs[0].name
 
         def run(batch: np.ndarray) -> list[np.ndarray]:
             return served.run({input_name: np.ascontiguousarray(batch)}, names)
 
-        values = dict(zip(names, await self.batcher.submit((id(served.session), tuple(names)), run, images)))
+        values = dict(zip(names, await self.batcher.submit((id(served.session), tuple(names)), run, samples)))
         result = []
         for r in requested:
             out = values[r.name]

@@ -184,7 +184,7 @@ def _model_routes(app: FastAPI, service: InferenceService) -> None:
     @app.get("/v2/models/{name}/stats")
     @app.get("/v2/models/{name}/versions/{version}/stats")
     async def model_stats(name: str, version: str | None = None):
-        """Triton's statistics extension, reduced to its counts (all versions together): inference_count (images) >
+        """Triton's statistics extension, reduced to its counts (all versions together): inference_count (samples) >
         execution_count (ONNX Runtime calls) means requests were batched."""
         served = service.snapshot.get(name, version)
         b = service.batcher

@@ -58,7 +58,7 @@ def collect_inputs(items: list[str], modality: Modality) -> list[Path | tuple[st
 class PredictSummary:
     """Counts of one predict run."""
 
-    images: int
+    inputs: int
     errors: int
     seconds: float
     output: str
@@ -100,6 +100,6 @@ def predict(inputs: list[str], model: str | Path = "models/model.onnx", top_k: i
         sys.stdout.write(text)
     errors = sum(1 for r in rows if r["error"])
     summary = PredictSummary(len(rows), errors, time.perf_counter() - t0, out or "-")
-    log(f"predict: {summary.images} inputs, {errors} unreadable, {summary.seconds:.1f}s"
+    log(f"predict: {summary.inputs} inputs, {errors} unreadable, {summary.seconds:.1f}s"
         f"{f' -> {out}' if out else ''}")
     return summary
