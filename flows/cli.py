@@ -72,28 +72,46 @@ def cmd_promote(args) -> None:
           f"repository {os.path.relpath(serving_dir(paths), paths.root)}/")
 
 
-def cmd_demo(args) -> None:
-    paths = default_paths()
-    current = load_params()
-    if args.text:
-        from tasks.dataset.bbc_demo import TEXT_DEMO_DIR, materialise
+def _enter_text_demo_project(args) -> str:
+    """Materialise the text demo's own project and BBC News in it, then make it this process's project (working
+    directory and HEADSTART_ROOT): `run` and `promote` below read its params.yaml and write its models. Returns its
+    path relative to the checkout."""
+    from tasks.dataset.bbc_demo import TEXT_DEMO_DIR, TEXT_DEMO_PROJECT, make_project, materialise
 
-        counts = materialise(paths.root / TEXT_DEMO_DIR, per_class=args.per_class)
-        print(f"demo data: {sum(counts.values())} BBC News articles in {len(counts)} topics -> {TEXT_DEMO_DIR}",
-              file=sys.stderr)
-        # the text demo is the same pipeline with two params changed (written to params.yaml, like -S)
-        args.set = [f"ingest.source={TEXT_DEMO_DIR}", "backbone.name=minilm", *args.set]
+    checkout = default_paths().root
+    root = make_project(checkout / TEXT_DEMO_PROJECT, checkout)
+    counts = materialise(root / TEXT_DEMO_DIR, per_class=args.per_class)
+    print(f"demo data: {sum(counts.values())} BBC News articles in {len(counts)} topics -> {TEXT_DEMO_PROJECT}/"
+          f"{TEXT_DEMO_DIR}, in the text demo's own project {TEXT_DEMO_PROJECT}/", file=sys.stderr)
+    os.chdir(root)
+    os.environ["HEADSTART_ROOT"] = str(root)
+    return TEXT_DEMO_PROJECT
+
+
+def cmd_demo(args) -> None:
+    """Materialise demo data, then `run` and `promote`. No demo writes the checkout's params.yaml: the image demo
+    runs on the checkout's params (the shipped ones read data/raw with an image backbone), the text demo in a project
+    of its own (tasks.dataset.bbc_demo says why). `-S` writes into the params.yaml of the project the demo runs in."""
+    project = None
+    if args.text:
+        project = _enter_text_demo_project(args)
     else:
-        from tasks.dataset.bbc_demo import TEXT_DEMO_DIR
         from tasks.dataset.clipart_demo import materialise
 
+        paths = default_paths()
+        source = load_params(overrides=args.set).ingest.source
+        if (paths.root / source).resolve() != paths.raw.resolve():
+            raise UserError(f"headstart demo trains on the clip-art images it puts in data/raw, but params.yaml reads "
+                            f"ingest.source: {source} (`git checkout params.yaml` restores the shipped params; "
+                            f"`headstart run` trains on your source)")
         counts = materialise(paths.raw, per_class=args.per_class)
         print(f"demo data: {sum(counts.values())} clip-art images in {len(counts)} classes -> "
               f"{os.path.relpath(paths.raw, paths.root)}", file=sys.stderr)
-        if current.ingest.source == TEXT_DEMO_DIR:  # back from the text demo: the image demo's own settings
-            args.set = ["ingest.source=data/raw", "backbone.name=tf_efficientnet_lite0", *args.set]
     cmd_run(args)
     cmd_promote(args)  # the demo ends with a deployable model (with nothing to beat, the gate passes)
+    if project:
+        print(f"the text demo's project is {project}/ (paths above are relative to it): `cd {project}` to predict, "
+              f"serve, run or retrain on it; the checkout's params.yaml and models are as they were")
 
 
 def cmd_stage(args) -> None:

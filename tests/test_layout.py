@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-import yaml
+from ruamel.yaml import YAML
 
 from tasks.core.env import NO_TELEMETRY
 from tasks.core.stages import STAGES
@@ -61,7 +61,7 @@ def test_sub_package_inits_import_nothing():
 
 
 def test_each_dvc_stage_lists_exactly_the_code_it_runs():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
     for name in STAGES:
         listed = sorted(d for d in stages[name]["deps"] if d.startswith(("tasks/", "flows/")))
         assert listed == code_deps(f"tasks.{name}"), (

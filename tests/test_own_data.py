@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
-import yaml
+from ruamel.yaml import YAML
 
 from tests.conftest import dvc_status_clean, make_project, run
 
@@ -26,7 +26,7 @@ def test_flow_on_a_folder_outside_the_project_tracks_it_and_leaves_dvc_clean(tmp
     results = train_flow(overrides=[f"ingest.source={clipart_raw}"], root=str(paths.root))
     assert results["evaluate"]["accuracy"] > 0.5
     assert dvc_status_clean(paths.root)
-    lock = yaml.safe_load((paths.root / "dvc.lock").read_text())
+    lock = YAML(typ="safe").load((paths.root / "dvc.lock").read_text())
     assert lock["stages"]["ingest"]["deps"][0]["path"] == str(clipart_raw)  # DVC knows the real source
     again = run([sys.executable, "-m", "dvc", "repro"], paths.root)
     assert "Running stage" not in again.stdout
@@ -52,7 +52,7 @@ def test_dvc_exp_run_on_a_csv_outside_the_project(tmp_path, clipart_raw):
     assert len(manifest) + len(rejected) == len(files) and len(manifest) > 300
     assert set(manifest["label"]) == {f.relative_to(clipart_raw).parts[0] for f in files}
     assert dvc_status_clean(paths.root)
-    lock = yaml.safe_load((paths.root / "dvc.lock").read_text())
+    lock = YAML(typ="safe").load((paths.root / "dvc.lock").read_text())
     assert lock["stages"]["ingest"]["deps"][0]["path"] == str(csv)
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-import yaml
+from ruamel.yaml import YAML
 
 from tasks.core.stages import STAGES, stage_function
 from tests.conftest import REPO
 
 
 def test_dvc_yaml_and_flow_have_the_same_stages():
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    dvc = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())
     assert list(dvc["stages"]) == list(STAGES)
     for name, stage in dvc["stages"].items():
         assert stage["cmd"] == f"python -m tasks.{name}"
@@ -21,7 +21,7 @@ def test_dvc_yaml_and_flow_have_the_same_stages():
 
 
 def test_each_stage_reads_what_an_earlier_stage_writes():
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    dvc = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
     assert dvc["ingest"]["deps"][0] == "${ingest.source}"  # DVC tracks the real source, wherever it is
     produced = {"${ingest.source}"}
     for name in STAGES:

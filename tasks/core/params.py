@@ -1,17 +1,29 @@
-"""The params schema: every knob of every stage, validated on load.
+"""The params schema: every knob of every stage, its default and its description, validated on load.
+
+This module is the single source of the defaults and their descriptions: `params.yaml` is generated from it
+(`python -m tasks.core.params --write`: every key, each description as its comment; `--check` tells whether the file
+is the generated one), and tests/test_params.py keeps the committed file equal to what it generates. DVC reads
+params.yaml for the keys each stage lists, so the file spells out every key rather than only overrides.
 
 `params.yaml` is parsed into `Params` (pydantic, `extra="forbid"`). A typo fails with one line naming the key and the
-nearest valid key. CLI and flow parameters are dotted overrides of the same model (`head.C=0.1`).
+nearest valid key. CLI and flow parameters are dotted overrides of the same model (`head.C=0.1`); `write_overrides`
+writes them into the file (comments kept), as `dvc exp run -S` does. One YAML library reads and writes it: ruamel.yaml,
+with the safe loader DVC uses (YAML 1.2), so the stages see exactly the values DVC records.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import difflib
+import json
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML, YAMLError
 
 from tasks.core.errors import UserError
 
@@ -21,29 +33,39 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 TEXT_EXTENSIONS = (".txt", ".text")  # ingest's default for a text backbone; predict's
 
 
+def safe_yaml() -> YAML:
+    """ruamel.yaml's safe loader, as DVC reads params.yaml and dvc.yaml (YAML 1.2: plain dicts, lists, scalars)."""
+    return YAML(typ="safe")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class IngestParams(_Section):
-    source: str = Field("data/raw", description="a folder (<class>/<files>) or a CSV with path,label[,split] (text: "
-                                                "text,label[,split] also, the text inline)")
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    source: str = Field("data/raw", description="a folder (<class>/<files>) or a CSV (path,label[,split]; text also "
+                                                "text,label[,split], the text inline), anywhere on disk")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of each class in the val split")
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of each class in the test split")
     group_pattern: str | None = Field(
         r"^(?P<group>.+?)(?:[_-]\d{1,2})?$",
-        description="regex on the file stem; files with the same match (per class) share a split. null = no grouping",
+        description="regex on the file stem: files whose stem gives the same `group` (per class) share a split, so "
+                    "variants such as cat_01.png / cat_02.png never straddle train and test (a 1-2 digit suffix is a "
+                    "variant; IMG_0001 stays its own group); null = every file is its own group",
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, le=178_956_970,
-                            description="reject images with more pixels than this (Pillow refuses beyond 179 MP)")
+                            description="larger images are rejected (decompression-bomb guard; at most 178956970, "
+                                        "beyond which Pillow refuses)")
+    max_file_bytes: int = Field(256 * 2**20, gt=0, description="larger files are rejected before they are read "
+                                                               "(256 MiB)")
     extensions: list[str] | None = Field(
-        None, description="file extensions a folder source is read for; null = the backbone's modality's "
-                          f"({' '.join(IMAGE_EXTENSIONS)} for images, {' '.join(TEXT_EXTENSIONS)} for text)")
-    max_file_bytes: int = Field(256 * 2**20, gt=0, description="reject files larger than this before reading them")
-    max_text_bytes: int = Field(2**20, gt=0, description="text: reject a text (file or CSV cell) larger than this")
-    text_encoding: str = Field("utf-8", description="text: the files' declared encoding (a byte-order mark "
-                                                    "overrides it); a file that does not decode is rejected")
+        None, description="file extensions a folder source is read for; null = the backbone's modality's: images "
+                          f"{' '.join(IMAGE_EXTENSIONS)}; text {' '.join(TEXT_EXTENSIONS)}")
     workers: int = Field(2, ge=1, description="threads decoding images to validate them")
+    max_text_bytes: int = Field(2**20, gt=0, description="text: larger texts (files or CSV cells) are rejected "
+                                                         "(1 MiB)")
+    text_encoding: str = Field("utf-8", description="text: the files' declared encoding; a byte-order mark overrides "
+                                                    "it; a file that does not decode is rejected")
 
     @field_validator("text_encoding")
     @classmethod
@@ -64,23 +86,24 @@ class IngestParams(_Section):
 
 
 class BackboneParams(_Section):
-    name: str = Field("tf_efficientnet_lite0", description="a catalog name, timm:<name> / torchvision:<name>, or "
-                                                           "hf:<local folder> (a BERT-family text checkpoint)")
+    name: str = Field("tf_efficientnet_lite0", description="catalog name, timm:<name> or torchvision:<name>; text: "
+                                                           "minilm or hf:<local folder> (a BERT-family checkpoint)")
     weights: str = Field(
         "default",
-        description="default (the catalog's source), package, random, file:<path>, or hub[:<tag>] (needs internet)",
+        description="default (packaged; else an error) | package | random | file:<path> | hub[:<tag>] (internet)",
     )
     input_size: int = Field(224, ge=32, le=1024, description="images: pixels per side")
     resize: Literal["pad", "crop", "squash"] = Field(
-        "pad", description="pad: letterbox on white; crop: shorter side then centre crop; squash: ignore aspect"
+        "pad", description="pad (letterbox on white) | crop (shorter side, centre crop) | squash (aspect ignored)"
     )
     layer: str | list[str] = Field(
-        "pooled", description="pooled (penultimate layer), a module name (e.g. blocks.4 / layer3) whose output is "
-                              "global-average-pooled, or a list of them, each pooled, concatenated in that order")
-    max_length: int = Field(256, ge=8, le=8192, description="text: tokens per text including [CLS] and [SEP]; "
-                                                            "longer texts are truncated (the final [SEP] kept)")
-    pooling: Literal["mean", "cls"] = Field("mean", description="text: mean of the token vectors (attention-masked; "
-                                                                "sentence-transformers' pooling) or the [CLS] vector")
+        "pooled", description="pooled (penultimate) | a module name (e.g. blocks.4, layer3), average-pooled | a list "
+                              "of them, e.g. [blocks.4, blocks.5, pooled]: each pooled, concatenated in that order")
+    max_length: int = Field(256, ge=8, le=8192, description="text: tokens per text incl. [CLS]/[SEP]; longer texts "
+                                                            "are truncated, [SEP] kept")
+    pooling: Literal["mean", "cls"] = Field("mean", description="text: mean (attention-masked mean of the token "
+                                                                "vectors, sentence-transformers' pooling) | cls (the "
+                                                                "[CLS] vector)")
 
     @field_validator("layer")
     @classmethod
@@ -104,11 +127,12 @@ class BackboneParams(_Section):
 
 
 class FeaturesParams(_Section):
-    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
+    engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto (ONNX Runtime on CPU, torch on CUDA) | torch | onnxruntime")
     batch_size: int = Field(32, ge=1, le=4096)
-    shard_size: int = Field(4096, ge=1, description="rows per feature-store shard file")
-    threads: int = Field(0, ge=0, description="compute threads; 0 = all cores")
-    decode_workers: int = Field(1, ge=0, description="threads decoding and resizing images beside the model")
+    shard_size: int = Field(4096, ge=1, description="rows per feature-store shard")
+    threads: int = Field(0, ge=0, description="0 = all cores")
+    decode_workers: int = Field(1, ge=0, description="decode/resize threads running one batch ahead of the model")
 
 
 class MlpParams(_Section):
@@ -123,17 +147,18 @@ class MlpParams(_Section):
 
 class HeadParams(_Section):
     type: Literal["logreg", "linear_svm", "mlp"] = Field(
-        "logreg", description="logreg: calibrated probabilities; linear_svm: probs are a softmax of SVM margins; "
-                              "mlp: one hidden layer (torch), early stopping on val")
+        "logreg", description="logreg | linear_svm (its probs are a softmax of margins, not calibrated) | mlp")
     C: float | Literal["auto"] = Field(
-        0.1, description="inverse regularisation strength, or auto: chosen by stratified CV on train over C_grid")
+        0.1, description="inverse regularisation strength, or auto (stratified CV on train over C_grid)")
     C_grid: list[float] = Field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
     cv_folds: int = Field(5, ge=2, le=20)
     class_weight: Literal["none", "balanced"] | dict[str, float] = Field(
-        "none", description="none, balanced, or an explicit {class: weight} map (missing classes weigh 1)")
-    standardize: bool = Field(True, description="scale features to zero mean / unit variance (folded into the layer)")
+        "none", description="none | balanced | {class: weight, ...} (missing classes weigh 1)")
+    standardize: bool = Field(True, description="zero mean, unit variance features; folded into the exported linear "
+                                                "layer")
     max_iter: int = Field(2000, ge=10)
-    mlp: MlpParams = Field(default_factory=MlpParams)
+    mlp: MlpParams = Field(default_factory=MlpParams, description="head.type=mlp: one hidden layer (torch), the "
+                                                                  "epoch with the best val accuracy kept")
 
     @field_validator("C")
     @classmethod
@@ -144,81 +169,87 @@ class HeadParams(_Section):
 
 
 class AugmentParams(_Section):
-    crop_scale: float = Field(0.7, gt=0.0, le=1.0, description="random resized crop keeps this share of the area or "
-                                                              "more (1 = no crop)")
+    crop_scale: float = Field(0.7, gt=0.0, le=1.0, description="random resized crop keeps at least this share of the "
+                                                              "area (1 = off)")
     flip: bool = Field(True, description="random horizontal flip")
-    color_jitter: float = Field(0.1, ge=0.0, le=1.0, description="brightness/contrast/saturation jitter (0 = off)")
+    color_jitter: float = Field(0.1, ge=0.0, le=1.0, description="brightness/contrast/saturation (0 = off)")
 
 
 class FinetuneParams(_Section):
     strategy: Literal["none", "freeze", "last_n", "full", "gradual"] = Field(
-        "none", description="none: ship the head on frozen features; freeze: train the head end to end on pixels; "
-                            "last_n: unfreeze the last `last_n` blocks; full: everything; gradual: unfreeze one more "
-                            "block every `gradual_every` epochs, from the top")
-    last_n: int = Field(3, ge=1, description="blocks unfrozen by last_n")
-    gradual_every: int = Field(1, ge=1, description="epochs between unfreezing blocks (gradual)")
+        "none", description="none (ship the head) | freeze (head only, end to end) | last_n | full | gradual")
+    last_n: int = Field(3, ge=1, description="blocks unfrozen from the top (last_n)")
+    gradual_every: int = Field(1, ge=1, description="gradual: one more block every this many epochs")
     init: Literal["probe", "random"] = Field(
-        "probe", description="probe: start from the trained head (LP-FT); random: a fresh head")
+        "probe", description="probe: start from the trained head (LP-FT) | random: a fresh head")
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0.0, description="peak learning rate of the head")
-    body_lr: float = Field(1e-4, gt=0.0, description="peak learning rate of the top block")
-    layer_decay: float = Field(0.7, gt=0.0, le=1.0, description="each block further from the head trains at this "
-                                                                "times the learning rate of the block above")
-    weight_decay: float = Field(0.01, ge=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="head peak learning rate")
+    body_lr: float = Field(1e-4, gt=0.0, description="top block peak learning rate")
+    layer_decay: float = Field(0.7, gt=0.0, le=1.0, description="each block further down trains at this times the "
+                                                                "block above")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW; not on biases and norm weights")
     warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up, then cosine decay to zero")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     bn: Literal["eval", "train"] = Field(
-        "eval", description="eval: every BatchNorm keeps its running statistics (frozen blocks always do); "
-                            "train: BatchNorm in unfrozen blocks updates them")
+        "eval", description="eval: BatchNorm keeps its running statistics (frozen blocks always do) | train: "
+                            "BatchNorm in unfrozen blocks updates them")
     augment: AugmentParams = Field(default_factory=AugmentParams)
     patience: int = Field(3, ge=1, description="stop after this many epochs without a better fine-tuned epoch")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16 (else fp16) on CUDA, off on CPU")
-    compile: bool = Field(False, description="torch.compile the model (slow first epoch; pays off on long runs)")
-    threads: int = Field(0, ge=0, description="torch threads on CPU; 0 = one per physical core")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (CUDA if present) | cpu | cuda")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto (bf16/fp16 on CUDA, off on CPU) | "
+                                                                            "off | bf16 | fp16")
+    compile: bool = Field(False, description="torch.compile (slow first epoch; pays off on long runs)")
+    threads: int = Field(0, ge=0, description="CPU threads; 0 = one per core (or OMP_NUM_THREADS when set); "
+                                              "DataLoader-free: no workers competing")
 
 
 class EvaluateParams(_Section):
     split: Literal["val", "test"] = "test"
     artifact: Literal["onnx", "head"] = Field(
-        "onnx", description="onnx: score the exported model through ONNX Runtime from the image files, as a server "
-                            "would; head: score the head on cached features (faster, no decoding)")
+        "onnx", description="onnx: score models/model.onnx through ONNX Runtime, as a server would | head: the head "
+                            "on cached features (faster, no decoding)")
     cached_features: bool = Field(
-        True, description="onnx: when the model's own backbone graph provably computed the cached features, run its "
-                          "head sub-graph on them, checked end to end on export.parity_images image files; false: "
-                          "every image file through the whole graph")
+        True, description="onnx: run the model's own head sub-graph on cached features when its backbone graph "
+                          "provably made them (checked end to end on export.parity_images files); false: every file "
+                          "through the whole graph")
 
 
 class ExportParams(_Section):
     opset: int = Field(18, ge=13)
-    parity_images: int = Field(40, ge=1, description="held-out images for every parity gate (batches 1, 7, 32) and "
-                                                     "for evaluate's end-to-end check")
-    parity_tolerance: float = Field(1e-4, gt=0.0)
-    triton_name: str = Field("headstart", pattern=r"^[A-Za-z0-9_.-]+$")
+    parity_images: int = Field(40, ge=1, description="held-out images for the parity gates (batch 1, 7, 32) and "
+                                                     "evaluate's end-to-end check")
+    parity_tolerance: float = Field(1e-4, gt=0.0, description="max |p_onnx - p_torch| allowed")
+    triton_name: str = Field("headstart", pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="the model's folder in the deploy repository: models/serving/triton/<name>/")
     triton_max_batch_size: int = Field(32, ge=1)
-    int8: bool = Field(False, description="also build a statically quantised int8 model (models/int8/)")
+    int8: bool = Field(False, description="also build models/int8/model.onnx (static quantisation, calibrated on "
+                                          "train images)")
     int8_calibration_images: int = Field(128, ge=8)
-    int8_max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
+    int8_max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="on val; a worse int8 model is not "
+                                                                            "written")
 
 
 class RetrainParams(_Section):
     metric: Literal["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"] = Field(
-        "f1_macro", description="challenger vs champion, on the same current test split")
-    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="promote unless the challenger is worse by more")
-    push: bool = Field(True, description="dvc push after a retrain that changed something")
+        "f1_macro", description="compared on the same current test split")
+    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="promote unless the challenger is worse than the "
+                                                              "champion by more than this")
+    push: bool = Field(True, description="dvc push to the default remote after a retrain that changed something")
 
 
 class Params(_Section):
-    seed: int = 0
+    seed: int = Field(0, description="seeds the splits, random-init weights, head fitting and fine-tuning")
     ingest: IngestParams = Field(default_factory=IngestParams)
     backbone: BackboneParams = Field(default_factory=BackboneParams)
     features: FeaturesParams = Field(default_factory=FeaturesParams)
     head: HeadParams = Field(default_factory=HeadParams)
-    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams, description="train backbone + head end to end, "
+                                     "from the head above (LP-FT); README \"Fine-tune\"")
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     export: ExportParams = Field(default_factory=ExportParams)
-    retrain: RetrainParams = Field(default_factory=RetrainParams)
+    retrain: RetrainParams = Field(default_factory=RetrainParams, description="flows/retrain.py: scheduled "
+                                   "retraining with a champion and a challenger")
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -266,13 +297,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"override '{text}' must look like section.key=value (e.g. head.C=0.1)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = safe_yaml().load(raw) if raw.strip() else None
+    except YAMLError as exc:
+        raise UserError(f"override '{text}': the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return key.strip().split("."), value
 
 
-def _set_dotted(doc, overrides: list[str]):
-    """Apply dotted overrides in place to a nested mapping (a dict, or ruamel's commented map); return it."""
+def _set_dotted(doc, overrides: list[str], convert=lambda value: value):
+    """Apply dotted overrides in place to a nested mapping (a dict, or ruamel's commented map, with `convert` making
+    each value one of its nodes); return it."""
     for text in overrides:
         path, value = parse_override(text)
+        value = convert(value)
         node = doc
         for part in path[:-1]:
             if part not in node:
@@ -286,7 +323,7 @@ def _set_dotted(doc, overrides: list[str]):
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Return a copy of the raw params dict with dotted overrides applied (values parsed as YAML)."""
-    return _set_dotted(yaml.safe_load(yaml.safe_dump(data)) or {}, overrides)
+    return _set_dotted(copy.deepcopy(data or {}), overrides)
 
 
 def validate(data: dict, source: str = PARAMS_FILE) -> Params:
@@ -303,11 +340,11 @@ def read_raw(path: str | Path = PARAMS_FILE) -> dict:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = safe_yaml().load(path.read_text()) or {}
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
@@ -321,12 +358,23 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
     return validate(data, f"{path} + -S overrides" if overrides else str(path))
 
 
+def _flow_style(value: Any) -> Any:
+    """Lists and mappings as ruamel nodes written on one line ([a, b], {k: v}), as the generated file writes them."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(value, (list, dict)):
+        node = CommentedSeq(_flow_style(v) for v in value) if isinstance(value, list) else \
+            CommentedMap((k, _flow_style(v)) for k, v in value.items())
+        node.fa.set_flow_style()
+        return node
+    return value
+
+
 def write_overrides(overrides: list[str], path: str | Path = PARAMS_FILE) -> Params:
     """Apply dotted overrides to the params file itself (comments kept), as `dvc exp run -S` does, so that
-    dvc.lock records what was run. Validates before writing; the file is replaced atomically."""
+    dvc.lock records what was run. Validates before writing; the file is replaced atomically. A missing file is
+    first generated from the schema (every key, described)."""
     import io
-
-    from ruamel.yaml import YAML
 
     from tasks.core.files import atomic_write_text
 
@@ -334,13 +382,101 @@ def write_overrides(overrides: list[str], path: str | Path = PARAMS_FILE) -> Par
     path = Path(path)
     rt = YAML()
     rt.preserve_quotes = True
-    doc = rt.load(path.read_text()) if path.exists() else None
+    # an override changes only its own line of the generated file: null stays `null` (ruamel writes nothing)
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = rt.load(path.read_text() if path.exists() else params_yaml())
     if doc is None:
         from ruamel.yaml.comments import CommentedMap
 
         doc = CommentedMap()
-    _set_dotted(doc, overrides)
+    _set_dotted(doc, overrides, _flow_style)
     buf = io.StringIO()
     rt.dump(doc, buf)
     atomic_write_text(path, buf.getvalue())
     return params
+
+
+# --- params.yaml, generated from the schema -----------------------------------------------------------------------
+
+HEADER = (
+    "# headstart parameters: one section per stage. Validated on load (a typo is an error naming the nearest key).\n"
+    "# Change a value here, or per run: `dvc exp run -S head.C=0.3`, `headstart run -S head.C=0.3`.\n"
+    "# Generated from the schema, tasks/core/params.py (defaults, descriptions): python -m tasks.core.params --write\n"
+)
+COMMENT_COLUMN = 30  # where a key's description starts; a longer `key: value` line has its description above it
+WIDTH = 120
+
+
+def _reads_back(text: str, value: Any, flow: bool) -> bool:
+    try:
+        return safe_yaml().load(f"[{text}]" if flow else f"k: {text}") == ([value] if flow else {"k": value})
+    except YAMLError:
+        return False
+
+
+def _scalar(value: Any, flow: bool = False) -> str:
+    """A value as YAML text that the safe loader (DVC's) reads back as exactly that value, in a block mapping (or,
+    with `flow`, inside [...] / {...})."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_scalar(v, flow=True) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_scalar(k, True)}: {_scalar(v, True)}" for k, v in value.items()) + "}"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, str) and not _reads_back(text, value, flow):
+        text = json.dumps(value)  # a JSON string is a YAML double-quoted scalar
+    if not _reads_back(text, value, flow):
+        raise ValueError(f"cannot write {value!r} as YAML that reads back the same")
+    return text
+
+
+def _field_lines(name: str, field, value: Any, indent: str) -> list[str]:
+    """`name: value` (or `name:` and its keys, for a section) with the field's description as its comment, wrapped at
+    WIDTH: trailing, continued in the same column, or above the line when the line is long."""
+    section = isinstance(value, BaseModel)
+    line = f"{indent}{name}:" + ("" if section else f" {_scalar(value)}")
+    out = [line]
+    column = max(COMMENT_COLUMN, len(line) + 2)
+    if field.description and column > COMMENT_COLUMN + 2:
+        wrapped = textwrap.wrap(field.description, WIDTH - len(indent) - 2, break_on_hyphens=False)
+        out = [f"{indent}# {w}" for w in wrapped] + [line]
+    elif field.description:
+        first, *more = textwrap.wrap(field.description, WIDTH - column - 2, break_on_hyphens=False)
+        out = [line.ljust(column) + f"# {first}", *(" " * column + f"# {m}" for m in more)]
+    if section:
+        for sub, sub_field in type(value).model_fields.items():
+            out += _field_lines(sub, sub_field, getattr(value, sub), indent + "  ")
+    return out
+
+
+def params_yaml(params: Params | None = None) -> str:
+    """params.yaml for `params` (default: the schema's defaults): every key, each described as in the schema, a
+    blank line between top-level entries."""
+    params = params or Params()
+    blocks = ["\n".join(_field_lines(name, field, getattr(params, name), "")) + "\n"
+              for name, field in Params.model_fields.items()]
+    return HEADER + "\n".join(blocks)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tasks.core.params",
+                                 description="Generate params.yaml from the schema (every key, described).")
+    ap.add_argument("--write", action="store_true", help=f"write {PARAMS_FILE} (the defaults)")
+    ap.add_argument("--check", action="store_true", help=f"exit 1 unless {PARAMS_FILE} is the generated text")
+    ap.add_argument("--file", type=Path, default=Path(PARAMS_FILE))
+    args = ap.parse_args(argv)
+    text = params_yaml()
+    if args.write:
+        from tasks.core.files import atomic_write_text
+
+        atomic_write_text(args.file, text)
+    elif args.check:
+        if not args.file.exists() or args.file.read_text() != text:
+            sys.exit(f"{args.file} is not what the schema generates: python -m tasks.core.params --write")
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    _main()
