@@ -7,22 +7,22 @@ import configparser
 import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from scripts.dvc_deps import WRITE_COMMAND, closure, code_deps, is_docstring_only
 from tasks.core.env import NO_TELEMETRY
 from tasks.core.stages import STAGES
 from tests.conftest import REPO, venv_env
-from tests.import_graph import closure, code_deps, cycles, imports, is_docstring_only, modules
 
-# Lower layers never import higher ones; stages and flows sit above every layer.
-LAYERS = ["core", "dataset", "model", "extraction", "training", "runtime", "evaluation", "registry", "inference_server"]
-STAGE_MODULES = {f"tasks.{s}" for s in STAGES}
-
-
-def _layer(module: str) -> int | None:
-    parts = module.split(".")
-    return LAYERS.index(parts[1]) if parts[0] == "tasks" and len(parts) > 2 and parts[1] in LAYERS else None
+# The import rules are import-linter contracts in pyproject.toml ([tool.importlinter]): the `layers` contract lists,
+# highest first, the six stages (independent of each other), then the sub-packages of tasks/ by role.
+_IMPORTLINTER = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+CONTRACTS = {c["id"]: c for c in _IMPORTLINTER["contracts"]}
+STAGE_LAYER, *_ROLES_HIGHEST_FIRST = CONTRACTS["layers"]["layers"]
+LAYERS = _ROLES_HIGHEST_FIRST[::-1]  # the sub-packages by role, lowest first: a layer never imports a higher one
 
 
 def test_tasks_holds_the_six_stages_flat_and_the_rest_in_role_packages():
@@ -30,29 +30,20 @@ def test_tasks_holds_the_six_stages_flat_and_the_rest_in_role_packages():
     assert flat == sorted(STAGES)
     packages = sorted(p.name for p in (REPO / "tasks").iterdir() if (p / "__init__.py").exists())
     assert packages == sorted(LAYERS)
+    assert [s.strip() for s in STAGE_LAYER.split("|")] == list(STAGES), "the contract's top layer is the six stages"
 
 
-def test_no_import_cycles():
-    assert cycles() == []
-
-
-def test_no_stage_imports_another_stage_and_nothing_below_imports_a_stage_or_a_flow():
-    for module in modules():
-        if not module.startswith("tasks"):
-            continue
-        bad = {m for m in imports(module) if m in STAGE_MODULES or m.startswith("flows")}
-        assert not bad, f"{module} imports {sorted(bad)}: shared code belongs in a tasks/<role>/ sub-package"
-
-
-def test_layers_only_import_downwards():
-    for module in modules():
-        mine = _layer(module)
-        if mine is None:
-            continue
-        for dep in imports(module):
-            theirs = _layer(dep)
-            assert theirs is None or theirs <= mine, (
-                f"{module} ({LAYERS[mine]}) imports {dep} ({LAYERS[theirs]}), a higher layer")
+def test_the_import_rules_hold():
+    """`lint-imports` checks pyproject.toml's contracts: the layers (stages on top, independent of each other;
+    lower sub-packages never import higher ones), nothing in tasks/ imports flows/, no import cycles. It reads every
+    import statement, those inside functions included."""
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    assert lint_imports.exists(), "import-linter is missing: pip install -e '.[test]' (scripts/install.sh does)"
+    proc = subprocess.run([str(lint_imports), "--no-logo", "--no-cache"], cwd=REPO, env=venv_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"lint-imports: broken contract(s) (pyproject.toml [tool.importlinter]):\n" \
+                                 f"{proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+    assert f"Contracts: {len(CONTRACTS)} kept, 0 broken." in proc.stdout, proc.stdout[-2000:]
 
 
 def test_sub_package_inits_import_nothing():
@@ -65,7 +56,7 @@ def test_each_dvc_stage_lists_exactly_the_code_it_runs():
     for name in STAGES:
         listed = sorted(d for d in stages[name]["deps"] if d.startswith(("tasks/", "flows/")))
         assert listed == code_deps(f"tasks.{name}"), (
-            f"dvc.yaml stage {name}: code deps differ from its import closure; `python -m tests.import_graph --write` "
+            f"dvc.yaml stage {name}: code deps differ from its import closure; `{WRITE_COMMAND}` (in the repo root) "
             f"updates them")
         assert not any(d.rstrip("/") in ("tasks", "flows") for d in stages[name]["deps"]), "list modules, not trees"
 

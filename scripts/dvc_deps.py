@@ -1,17 +1,29 @@
-"""The project's own import graph, read from the source (every import statement, including those inside functions).
+"""Each dvc.yaml stage's code deps: the project modules whose code runs when the stage runs, read from the source.
 
-Used by the layout tests, and runnable to print what each `dvc.yaml` stage must list as its code deps
-(`python -m tests.import_graph`), or to write them into dvc.yaml (`python -m tests.import_graph --write`).
+A stage's closure is every project module it imports (every import statement, including those inside functions and
+`if` blocks), theirs in turn, and the packages each one lives in; files that hold only a docstring are left out
+(editing them cannot change what a stage computes). These precise lists, rather than one `tasks/` tree per stage,
+let DVC rerun exactly the stages whose code changed.
+
+    python scripts/dvc_deps.py            # print each stage's code deps
+    python scripts/dvc_deps.py --write    # write them into dvc.yaml (its other deps and every comment are kept)
+
+tests/test_layout.py checks dvc.yaml against `code_deps` (it imports this module); `lint-imports` checks the import
+rules (pyproject.toml, [tool.importlinter]). Standard library only: runs in the project venv with nothing added.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import re
+import sys
 from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("tasks", "flows")
+WRITE_COMMAND = "python scripts/dvc_deps.py --write"
 
 
 @cache
@@ -85,46 +97,9 @@ def code_deps(module: str) -> list[str]:
     return sorted(files[m].relative_to(REPO).as_posix() for m in closure(module) if not is_docstring_only(m))
 
 
-def cycles() -> list[list[str]]:
-    """Strongly connected groups of more than one module in the import graph (Tarjan), each sorted."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in imports(v):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            group = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                group.append(w)
-                if w == v:
-                    break
-            if len(group) > 1:
-                found.append(sorted(group))
-
-    for m in modules():
-        if m not in index:
-            visit(m)
-    return found
-
-
 def write_dvc_deps(dvc_yaml: Path = REPO / "dvc.yaml") -> None:
     """Rewrite the project-module deps of every stage in `dvc_yaml` to its import closure (other deps and every
     comment are kept)."""
-    import re
-
     out, stage, in_deps = [], None, False
     for line in dvc_yaml.read_text().splitlines():
         if m := re.match(r"^  (\w+):$", line):
@@ -144,14 +119,21 @@ def write_dvc_deps(dvc_yaml: Path = REPO / "dvc.yaml") -> None:
     dvc_yaml.write_text("\n".join(out) + "\n")
 
 
-if __name__ == "__main__":
-    import sys
-
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="write the code deps into dvc.yaml")
+    args = parser.parse_args(argv)
+    if str(REPO) not in sys.path:  # run as a script, sys.path[0] is scripts/: find the project's own packages
+        sys.path.insert(0, str(REPO))
     from tasks.core.stages import STAGES
 
-    if sys.argv[1:] == ["--write"]:
+    if args.write:
         write_dvc_deps()
     for stage in STAGES:
         print(f"{stage}:")
         for dep in code_deps(f"tasks.{stage}"):
             print(f"      - {dep}")
+
+
+if __name__ == "__main__":
+    main()
