@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,33 +16,12 @@ os.environ.setdefault("HEADSTART_PREFECT_SERVER", "temporary")
 
 # no telemetry, no hub downloads: tasks.core.env sets them (as it does for every entry point) before anything heavy
 import tasks.core.env  # noqa: E402,F401
-from tasks.core.params import load_params, write_overrides  # noqa: E402
-from tasks.core.paths import ProjectPaths  # noqa: E402
 
-# Small and fast, still real: ~50 images per class of 7 clip-art classes at 96 px (a few seconds to extract).
-TEST_OVERRIDES = [
-    "backbone.input_size=96",
-    "ingest.val_fraction=0.2",
-    "ingest.test_fraction=0.3",
-    "export.parity_images=40",
-]
+# scratch projects are built in tests/scratch_project.py, which the benchmarks share; re-exported for the tests
+from tests.scratch_project import TEST_OVERRIDES, make_project, project_params, run, venv_env  # noqa: E402,F401
+
+# Small and fast, still real: ~50 images per class of 7 clip-art classes (at 96 px: TEST_OVERRIDES).
 PER_CLASS = 50
-
-
-def venv_env() -> dict:
-    """Environment for subprocesses: this interpreter's bin dir first on PATH (dvc stages call `python`)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600,
-        env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command in a project directory (in `env`, default `venv_env()`), capturing text output."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env or venv_env(), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="session")
@@ -56,31 +32,6 @@ def clipart_raw(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("clipart") / "raw"
     materialise(dest, per_class=PER_CLASS)
     return dest
-
-
-def make_project(dest: Path, raw: Path | None, overrides: list[str] = (), dvc: bool = False) -> ProjectPaths:
-    """A runnable project at `dest`: params.yaml (+ overrides), dvc.yaml and tasks/ (DVC hashes them as deps),
-    data/raw linked from `raw`; with `dvc`, also a git repo with DVC initialised like ours (.dvc/config)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "params.yaml", dest / "params.yaml")
-    shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
-    shutil.copytree(REPO / "tasks", dest / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
-    if raw is not None:
-        shutil.copytree(raw, dest / "data" / "raw", copy_function=os.link)
-    # the data is at data/raw, read by the image backbone, whatever the checkout's params.yaml says (a user's own
-    # source, or `headstart demo --text`'s text backbone, must not leak in); text tests set their backbone themselves
-    write_overrides(["ingest.source=data/raw", "backbone.name=tf_efficientnet_lite0", *TEST_OVERRIDES, *overrides],
-                    dest / "params.yaml")
-    if dvc:
-        run(["git", "init", "-q"], dest)
-        run(["git", "config", "user.email", "test@example.invalid"], dest)
-        run(["git", "config", "user.name", "test"], dest)
-        run([sys.executable, "-m", "dvc", "init", "-q"], dest)
-        shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
-        shutil.copy(REPO / ".gitignore", dest / ".gitignore")
-        (dest / "models").mkdir(exist_ok=True)
-        shutil.copy(REPO / "models" / ".gitignore", dest / "models" / ".gitignore")
-    return ProjectPaths(dest)
 
 
 def dvc_status_clean(root: Path) -> bool:
@@ -95,11 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def project_params(paths: ProjectPaths, overrides: list[str] = ()):
-    """Validated params of a test project."""
-    return load_params(paths.root / "params.yaml", list(overrides))
 
 
 @pytest.fixture(scope="session")

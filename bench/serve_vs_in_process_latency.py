@@ -1,21 +1,23 @@
-"""Benchmark 15: `headstart serve` (V2 REST with binary tensors, tritonclient) against in-process ONNX Runtime on the
-same images in the same run: batch-1 latency p50/p99 and throughput with 1, 4 and 16 concurrent clients, dynamic
-batching on vs off.
+"""What does `headstart serve` cost (or gain) per request against in-process ONNX Runtime? V2 REST with binary
+tensors (tritonclient) on the same images in the same run: batch-1 latency p50/p99 and throughput with 1, 4 and 16
+concurrent clients, dynamic batching on vs off. (RESULTS.md section 15)
 
 Fairness on a small machine: the server's ONNX Runtime and the in-process baseline both get --threads intra-op
 threads (default 1); the clients run in this process (one thread each, mostly waiting on sockets), the server in its
 own. Both see the same CPU contention from the client side, so the ratio is what the network hop, the protocol and
 the batcher cost or gain, not a difference in cores.
 
-Run:  .venv/bin/python bench/serve_latency.py [--requests 400] [--threads 1]   (in a project with a champion:
-      `headstart demo` promotes one)
+The project: --project (one with a champion, e.g. after `headstart demo`), or by default a scratch project of the
+clip-art demo data on which every stage runs and whose candidate is promoted (`tasks.registry.promotion`) first.
+The server is headstart's own (`python -m tasks.inference_server.main` in the project). One JSON row per engine and
+client count.
+
+Run:  python -m bench.serve_vs_in_process_latency [--project PATH] [--requests 400] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench._harness import OUT, emit, run_stages, scratch_project, stage_params, venv_env
+
+QUESTION = "What does headstart serve cost per request against in-process ONNX Runtime?"
 
 
 def _percentiles(ms: list[float]) -> tuple[float, float]:
@@ -48,6 +51,8 @@ def _in_process(model: Path, images: np.ndarray, n: int, threads: int) -> tuple[
 
 
 def _free_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -55,9 +60,9 @@ def _free_port() -> int:
 
 def _start(root: Path, threads: int, batching: bool):
     http_port, grpc_port = _free_port(), _free_port()
-    cmd = [sys.executable, "-m", "tasks.inference_server.main", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-           "--threads", str(threads)] + ([] if batching else ["--no-batching"])
-    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    cmd = [sys.executable, "-m", "tasks.inference_server.main", "--http-port", str(http_port),
+           "--grpc-port", str(grpc_port), "--threads", str(threads)] + ([] if batching else ["--no-batching"])
+    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.DEVNULL, env=venv_env())
     import tritonclient.http as httpclient
 
     deadline = time.time() + 120
@@ -93,21 +98,43 @@ def _served(port: int, name: str, images: np.ndarray, n: int, clients: int) -> t
     return *_percentiles(lat), n / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def project(path: Path | None, quick: bool):
+    """(params, paths) of --project, or of a new scratch project of the clip-art demo on which every stage ran and
+    whose candidate was promoted to champion."""
+    from tasks.core.paths import ProjectPaths
+    from tasks.core.stages import STAGES
+    from tasks.registry.promotion import judge_and_publish
+
+    if path is not None:
+        paths = ProjectPaths(path.resolve())
+        return stage_params(paths), paths
+    paths = scratch_project(OUT / "serve_vs_in_process_latency" / "project", "clipart",
+                            per_class=10 if quick else None, overrides=["backbone.input_size=64"] if quick else [])
+    params = stage_params(paths)
+    run_stages(STAGES, params, paths)
+    judge_and_publish(params, paths)
+    return params, paths
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", type=Path, help="default: a scratch project of the clip-art demo, built here")
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="10 images per class at 64 px, 40 requests per row, 1 and 4 "
+                                                         "clients: checks the code path")
+    args = ap.parse_args(argv)
+    clients_list = (1, 4, 16)
+    if args.quick:
+        args.requests, clients_list = 40, (1, 4)
 
-    from tasks.core.params import load_params
-    from tasks.core.paths import default_paths
     from tasks.modality.samples import split_samples
     from tasks.registry.champions import champion_model
 
-    paths, params = default_paths(), load_params()
+    params, paths = project(args.project, args.quick)
     model = champion_model(paths)
     if model is None:
-        raise SystemExit("no champion: run `headstart demo` first")
+        raise SystemExit(f"no champion in {paths.root}: run `headstart demo` there first")
     images, _ = split_samples(params, paths, "test", 64)
     name = params.export.triton_name
     base = _in_process(model, images, args.requests, args.threads)
@@ -116,17 +143,16 @@ def main() -> None:
     for batching in (False, True):
         proc, port = _start(paths.root, args.threads, batching)
         try:
-            for clients in (1, 4, 16):
+            for clients in clients_list:
                 rows.append((f"headstart serve, batching {'on' if batching else 'off'}", clients,
                              *_served(port, name, images, args.requests, clients)))
         finally:
             proc.terminate()
             proc.wait()
-    print(f"{len(images)} test images at {params.backbone.input_size}px, {args.requests} batch-1 requests per row, "
-          f"{args.threads} ONNX Runtime thread(s)")
-    print(f"{'engine':<36}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'× baseline':>12}")
     for engine, clients, p50, p99, rps in rows:
-        print(f"{engine:<36}{clients:>8}{p50:>9.2f}{p99:>9.2f}{rps:>8.1f}{rps / base[2]:>12.2f}")
+        emit(QUESTION, engine=engine, clients=clients, p50_ms=round(p50, 2), p99_ms=round(p99, 2),
+             req_s=round(rps, 1), x_baseline=round(rps / base[2], 2), images=len(images),
+             size=params.backbone.input_size, requests=args.requests, threads=args.threads, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Text feature-extraction throughput: all-MiniLM-L6-v2 (transformer + mean pooling), BBC News docs, batch 32, 1 thread.
+"""Is ONNX Runtime faster than torch for MiniLM, and does dynamic padding help? all-MiniLM-L6-v2 (transformer + mean
+pooling), BBC News docs, batch 32, 1 thread. (RESULTS.md section 14b)
+
+NOT HEADSTART'S CODE PATH: the model, its export (torch.onnx.export of transformers' module, tokenizer outside the
+graph) and both engines are re-implemented here, not headstart's text backbone graph (tokenizer in the graph) or its
+features stage; what the pipeline's own text extraction does is in RESULTS.md section 14a.
 
 Measured side by side in one run, the configurations interleaved over --reps passes (median pass reported):
   engines:  torch eager (inference_mode) | ONNX Runtime CPU (torch.onnx.export, dynamo=False, opset 18, dynamic
@@ -8,11 +13,11 @@ Measured side by side in one run, the configurations interleaved over --reps pas
 Ratios are against torch eager fixed-256, the baseline measured in the same run. ORT and torch features are
 compared per padding mode (max abs diff, must be <= 1e-4), and dynamic vs fixed padding within each engine.
 
-Run from the project root:
+Run from the repository root:
 
-    .venv/bin/python bench/text_throughput.py [--docs 128] [--batch 32] [--reps 3]
+    python -m bench.not_headstart_path.minilm_extraction_reimplemented [--docs 128] [--batch 32] [--reps 3] [--quick]
 
-Docs: a seeded (0) sample of the deduplicated BBC News corpus (same loading as bench/text_transfer.py).
+Docs: a seeded (0) sample of the deduplicated BBC News corpus (same loading as minilm_transfer_reimplemented.py).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK
     os.environ.setdefault(_k, _v)
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -34,8 +38,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import text_transfer as tt  # noqa: E402  (sets torch threads to 1 on import)
+from bench.not_headstart_path import minilm_transfer_reimplemented as tt  # noqa: E402  (sets torch threads to 1)
 
 torch.set_num_threads(1)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -109,7 +112,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--quick", action="store_true", help="16 docs, batch 8, 1 pass: checks the code path")
     args = ap.parse_args()
+    if args.quick:
+        args.docs, args.batch, args.reps = 16, 8, 1
     import onnxruntime as ort
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} thread), onnxruntime {ort.__version__} "

@@ -1,4 +1,9 @@
-"""Text transfer benchmark: all-MiniLM-L6-v2 on BBC News (5 classes), CPU, 1 thread.
+"""Does pretrained MiniLM transfer to BBC News, few-shot and fine-tuned? all-MiniLM-L6-v2 on BBC News (5 classes),
+CPU, 1 thread. (RESULTS.md section 14b)
+
+NOT HEADSTART'S CODE PATH: this script re-implements the text pipeline (its own corpus loading and stratified split,
+MiniLM through transformers directly, its own fine-tuning loop) so that every method is compared on one split in one
+process; nothing here runs `tasks`. What the pipeline itself does with the same data is in RESULTS.md section 14a.
 
 Tables printed (all accuracies on the same held-out test split; settings chosen on val):
   a. pretrained vs randomly-initialised MiniLM, frozen mean-pooled features + logistic regression (C=0.1 and 1.0),
@@ -9,10 +14,11 @@ Tables printed (all accuracies on the same held-out test split; settings chosen 
      then top-2 LP-FT at the few-shot sizes (fewer draws);
   plus a timing ratio line (fine-tune s/epoch vs extraction s), all measured in this run.
 
-Run from the project root:
+Run from the repository root:
 
-    .venv/bin/python bench/text_transfer.py --fresh         # full run, extraction re-timed (47 min on 1 core)
-    .venv/bin/python bench/text_transfer.py --smoke         # tiny subset, ~3 min: checks the code paths
+    python -m bench.not_headstart_path.minilm_transfer_reimplemented --fresh   # full run (47 min on 1 core)
+    python -m bench.not_headstart_path.minilm_transfer_reimplemented --smoke   # tiny subset, ~3 min
+    python -m bench.not_headstart_path.minilm_transfer_reimplemented --quick   # --smoke without fine-tuning
 
 Options: --ft-configs NAME [...] (see FT_CONFIGS), --ft-epochs N, --fewshot-draws N, --skip-ft, --skip-fewshot-ft.
 Features are cached as .npy under /tmp/text_bench/ (keyed by the corpus hash, model and max_length), so a rerun
@@ -502,8 +508,12 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="ignore the feature cache (re-extract and time it)")
     ap.add_argument("--skip-ft", action="store_true")
     ap.add_argument("--skip-fewshot-ft", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="--smoke --skip-ft --skip-fewshot-ft: checks the code path "
+                                                         "up to the frozen-feature tables")
     ap.add_argument("--json-out", default=str(CACHE / "text_transfer_results.json"))
     args = ap.parse_args()
+    if args.quick:
+        args.smoke = args.skip_ft = args.skip_fewshot_ft = True
     t_start = time.perf_counter()
     print(f"torch {torch.__version__}, threads: torch {torch.get_num_threads()} (all figures at 1 thread)")
 
