@@ -73,7 +73,7 @@ def quantize_int8(fp32_path: Path, dest: Path, calibration: np.ndarray, *, quant
 
     The defaults are the shipped recipe (QDQ, per-channel int8 weights, uint8 activations, MinMax, depthwise
     convolutions kept in float: on Fashion-MNIST's 10k test they cost 3.9 of the 7.2 points int8 lost, for 0.3 MB;
-    bench/RESULTS.md 13d); the keywords exist so `bench/int8_accuracy.py` compares recipes on the same code path."""
+    bench/RESULTS.md 13d); the keywords exist so `python -m bench.int8_recipe_accuracy` compares recipes on the same code path."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
