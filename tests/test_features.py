@@ -1,4 +1,5 @@
-"""Feature store and engines: content-addressed and incremental, torch == ONNX Runtime, clear weight errors."""
+"""Feature store and engines: content-addressed and incremental (for every modality), torch == ONNX Runtime, clear
+weight errors."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tasks.extraction.feature_store import open_store
 from tasks.features import run_features
 from tasks.ingest import run_ingest
 from tasks.model.backbones import build_backbone, load_weights_into
-from tests.conftest import make_project, project_params
+from tests.conftest import bbc_subset, make_project, project_params
 
 
 def test_incremental_extraction_only_runs_new_images_and_renames_cost_nothing(tmp_path, clipart_raw):
@@ -52,6 +53,48 @@ def test_incremental_extraction_only_runs_new_images_and_renames_cost_nothing(tm
     feats = store.get(manifest["sha256"].tolist())
     assert feats.shape == (len(manifest), 1280) and np.isfinite(feats).all()
     assert len(list(store.dir.glob("shard-*.npy"))) == 2  # one shard per run that extracted something
+
+
+def _new_images(paths, tmp_path) -> list:
+    """Three images no project has seen: mirrored copies of three of its own (new bytes, so new keys)."""
+    from PIL import Image
+
+    added = []
+    for d in sorted(x for x in paths.raw.iterdir() if x.is_dir())[:3]:
+        src = sorted(d.rglob("*.png"))[0]
+        dest = d / f"new_{src.name}"
+        Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(dest)
+        added.append(dest)
+    return added
+
+
+def _new_texts(paths, tmp_path) -> list:
+    """One article per topic that the text project's 20 per topic do not hold."""
+    added = []
+    for d in bbc_subset(tmp_path / "more", 1, skip=40).iterdir():
+        for f in d.iterdir():
+            added.append(paths.raw / d.name / f"new_{f.name}")
+            shutil.copy(f, added[-1])
+    return added
+
+
+NEW_SAMPLES = {"image": _new_images, "text": _new_texts}
+
+
+def test_only_new_samples_are_extracted_and_the_rest_come_from_the_cache(modality_project, tmp_path):
+    from tasks.modality.registry import modality_for
+
+    paths, params, _ = modality_project
+    assert run_features(params, paths).extracted == 0
+    added = NEW_SAMPLES[modality_for(params.backbone).name](paths, tmp_path)
+    try:
+        run_ingest(params, paths)
+        again = run_features(params, paths)
+        assert again.extracted == len(added) > 0 and again.cache_hits == again.samples - len(added)
+    finally:
+        for f in added:
+            f.unlink()
+        run_ingest(params, paths)
 
 
 def test_torch_and_onnxruntime_engines_agree(tmp_path, clipart_raw):
@@ -129,6 +172,7 @@ def _features_project(tmp_path, clipart_raw, overrides=()):
     return paths, params
 
 
+@pytest.mark.slow
 def test_kill_9_mid_extraction_loses_at_most_one_shard_and_the_next_run_resumes(tmp_path, clipart_raw):
     import os
     import signal
@@ -175,6 +219,7 @@ def test_a_second_writer_gets_a_clear_error_not_a_corrupt_store(tmp_path, clipar
     assert run_features(params, paths).extracted > 0
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_store_is_refused_and_the_store_stays_intact(tmp_path, clipart_raw):
     import signal
     import subprocess
@@ -251,6 +296,7 @@ def test_a_file_edited_after_ingest_stops_extraction_with_its_name(tmp_path, cli
     assert len(open_store(params, paths)) == 0  # nothing stored under the old content's key
 
 
+@pytest.mark.slow
 def test_a_layer_list_is_each_layer_pooled_and_concatenated_through_features_head_onnx_and_evaluate(tmp_path,
                                                                                                    clipart_raw):
     from tasks.core.stages import stage_function

@@ -96,6 +96,7 @@ def _finetune_cmd(overrides):
     return cmd
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reproduces_the_uninterrupted_run(ft_project, tmp_path):
     overrides = ["finetune.strategy=gradual", "finetune.epochs=3", "finetune.patience=5", "finetune.batch_size=16"]
     straight = _copy(ft_project, tmp_path / "straight")
@@ -190,6 +191,7 @@ def test_mlp_head_is_exported_as_itself(ft_project, tmp_path):
     assert result.accuracy > 0.5
 
 
+@pytest.mark.slow
 def test_lpft_on_fashion_mnist_subset_lowers_loss_and_ships_the_kept_model(tmp_path):
     from tasks.dataset.fashion_mnist import materialise_fashion_mnist
     from tasks.evaluate import run_evaluate

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tasks.core.env import NO_TELEMETRY
 from tests.conftest import make_project, run, venv_env
 
@@ -45,6 +47,7 @@ def test_the_guard_blocks_and_counts_what_leaves_the_machine(tmp_path):
     assert blocked == [("getaddrinfo", "'pypi.org'"), ("connect", "('192.0.2.1', 80)"), ("bind", "('0.0.0.0', 0)")]
 
 
+@pytest.mark.slow
 def test_the_whole_pipeline_makes_no_outbound_connection_in_any_process(tmp_path, clipart_raw):
     paths = make_project(tmp_path / "proj", clipart_raw, dvc=True)
     run(["git", "add", "-A"], paths.root)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
+import pytest
 from ruamel.yaml import YAML
 
 from tests.conftest import dvc_status_clean, make_project, run
+
+pytestmark = pytest.mark.slow  # every test here runs the whole pipeline through DVC or a Prefect flow
 
 
 def _committed_project(dest, **kwargs):

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import make_project, venv_env
 
 
@@ -16,6 +18,7 @@ def _cli(args: list[str], cwd, env) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_project_server_starts_once_serves_the_next_run_and_stops(tmp_path, clipart_raw):
     src = tmp_path / "src"
     for c in ("plants", "buildings"):

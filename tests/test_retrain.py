@@ -58,6 +58,7 @@ def _poison(clipart_raw, dest_root) -> None:
             img.convert("RGBA").save(dest_root / "food" / f"recoded_{i:03d}.png", compress_level=1)
 
 
+@pytest.mark.slow
 def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
     from flows.retrain import retrain_flow
     from tasks.registry.champions import champion_model, holdout_keys, serving_dir
@@ -131,6 +132,7 @@ def test_two_rejections_in_the_same_second_get_two_folders(tmp_path):
     assert json.loads((b / "reason.json").read_text())["reason"] == "b"
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_and_dvc_pull_restore_the_champion_and_the_deploy_repository(retrain_project, tmp_path):
     from tasks.core.paths import ProjectPaths
     from tasks.registry.champions import champion_model, champion_version

@@ -16,6 +16,8 @@ import pytest
 from flows.prefect_api import wait_healthy
 from tests.conftest import free_port, make_project, venv_env
 
+pytestmark = pytest.mark.slow  # every test here starts a Prefect server and waits for a scheduled run
+
 
 def _query(env: dict, body: str):
     """Run `body` (async, with a Prefect client `c`, printing one JSON value) against the server in `env`."""

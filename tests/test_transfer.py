@@ -8,6 +8,8 @@ import pytest
 from tasks.core.stages import stage_function
 from tests.conftest import make_project, project_params
 
+pytestmark = pytest.mark.slow  # each test extracts the clip-art set twice (pretrained and random weights)
+
 
 def _head_accuracy(dest, clipart_raw, overrides) -> tuple[float, int]:
     """Test accuracy of a logistic-regression head on the backbone's cached features (no fine-tune, no export)."""

@@ -1,0 +1,92 @@
+"""Evaluate: the shipped model scored as a server runs it, for every modality (metrics, the confusion matrix, the
+model card from its Jinja2 template); scored on cached features only when that is provably the same computation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tests.conftest import project_params
+
+
+def _metrics(paths) -> dict:
+    """What evaluate scored and how (models/metrics/evaluation.json)."""
+    return json.loads((paths.metrics / "evaluation.json").read_text())
+
+
+def test_evaluate_scores_the_shipped_graph_and_the_card_says_what_it_takes(modality_project):
+    """metrics.json, the confusion matrix and the card agree with each other, for images and texts alike; the card
+    describes the modality's input and names only modules that exist."""
+    import importlib.util
+
+    import pandas as pd
+
+    from tasks.modality.registry import modality_for
+
+    paths, params, results = modality_project
+    modality = modality_for(params.backbone)
+    metrics = json.loads((paths.metrics / "metrics.json").read_text())
+    confusion = pd.read_csv(paths.plots / "confusion_matrix.csv")
+    assert metrics["n"] == len(confusion) == results["evaluate"].n
+    assert metrics["accuracy"] == pytest.approx((confusion["actual"] == confusion["predicted"]).mean())
+    assert _metrics(paths)["artifact"].startswith("models/model.onnx")
+    card = (paths.models / "MODEL_CARD.md").read_text()
+    assert f"({params.evaluate.split} split, {metrics['n']} {modality.noun};" in card
+    assert f"accuracy {metrics['accuracy']:.3f}" in card and "## Intended use and limits" in card
+    contract = modality.input_contract(params, paths.labels.read_text().split())
+    assert f"takes `{contract.name}`" in card
+    classes = paths.labels.read_text().split()
+    assert sum(card.count(f"| {c} |") for c in classes) == len(classes)  # one table row per class
+    for dotted in re.findall(r"`(tasks\.[\w.]+)`", card):  # e.g. the image decoder the client should copy
+        module, _, attr = dotted.rpartition(".")
+        assert importlib.util.find_spec(module) is not None and hasattr(importlib.import_module(module), attr), dotted
+
+
+def test_cached_scoring_gives_the_same_predictions_as_scoring_every_file(built_copy):
+    from tasks.evaluate import run_evaluate
+
+    cached = run_evaluate(project_params(built_copy), built_copy)
+    check = _metrics(built_copy)["end_to_end_check"]
+    assert check["images"] == 40 and check["argmax_agree"] and check["max_abs_diff_probs"] <= 1e-4
+    preds_cached = (built_copy.plots / "confusion_matrix.csv").read_text()
+    files = run_evaluate(project_params(built_copy, ["evaluate.cached_features=false"]), built_copy)
+    assert "from image files" in _metrics(built_copy)["artifact"] and "end_to_end_check" not in _metrics(built_copy)
+    assert (built_copy.plots / "confusion_matrix.csv").read_text() == preds_cached  # every prediction the same
+    assert (cached.accuracy, cached.f1_macro, cached.n) == (files.accuracy, files.f1_macro, files.n)
+
+
+def test_rows_from_another_runtime_or_a_stale_cache_are_scored_from_files(built_copy, capfd):
+    from tasks.evaluate import run_evaluate
+    from tasks.extraction.feature_store import open_store
+
+    params = project_params(built_copy)
+    store = open_store(params, built_copy)
+    provenance_files = sorted(store.dir.glob("shard-*.provenance.json"))
+    original = provenance_files[0].read_text()
+    provenance_files[0].write_text(json.dumps(json.loads(original) | {"engine_version": "0.0.1"}))
+    run_evaluate(params, built_copy)
+    assert "from image files" in _metrics(built_copy)["artifact"]
+    assert "some cached rows were computed with another engine_version (0.0.1)" in capfd.readouterr().err
+    provenance_files[0].write_text(original)
+
+    # a stale cache the provenance cannot see (rows overwritten): the end-to-end check on image files catches it
+    for npy in sorted(store.dir.glob("shard-*.npy")):
+        rows = np.load(npy)
+        np.save(npy, rows[::-1].copy())  # every row now belongs to another image
+    run_evaluate(params, built_copy)
+    assert "from image files" in _metrics(built_copy)["artifact"]
+    assert "the whole graph from image files disagrees with its head on cached features" in capfd.readouterr().err
+
+
+def test_macro_averages_cover_the_classes_present_in_the_split():
+    from tasks.evaluation.scoring import compute_metrics
+
+    y = np.array(["a", "a", "b", "b"])
+    metrics, per_class = compute_metrics(y, np.array(["a", "a", "b", "a"]), ["a", "b", "c"])
+    assert metrics["classes_absent"] == ["c"] and set(per_class) == {"a", "b"}
+    assert metrics["f1_macro"] == pytest.approx((0.8 + 2 / 3) / 2)  # c, with no sample, is not an F1 of 0
+    wrong_c = compute_metrics(y, np.array(["a", "c", "b", "b"]), ["a", "b", "c"])[0]
+    assert wrong_c["recall_macro"] == pytest.approx(0.75)  # predicting an absent class is still an error
