@@ -1,5 +1,5 @@
 """Scoring classifiers: headline and per-class metrics (scikit-learn), and exported ONNX models compared on the same
-decoded images of a split."""
+samples of a split."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) 
 def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, split: str | None = None,
                  subsets: dict[str, set[str]] | None = None) -> dict[str, dict[str, dict]]:
     """Headline metrics of exported ONNX models on a split of the current manifest, through ONNX Runtime from the
-    image files, which are decoded once for all models. `subsets` name extra views (rows whose sha256 is in the set);
+    split's samples, read once per input size for all models of the split's modality. `subsets` name extra views (rows whose sha256 is in the set);
     the view "all" is the whole split. Labels a model does not know count as errors (a model that lacks a new class
     pays for it). Returns {model name: {view: metrics}}."""
     split = split or params.evaluate.split
