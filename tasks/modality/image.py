@@ -97,26 +97,24 @@ class ImageModality(Modality):
     def check_graph(self, params: Params, graph: Path, samples: np.ndarray) -> None:
         return None  # pixels need no check beyond feature parity
 
+    def _contract(self, classes, size: int, metadata: tuple, name: str = "images") -> InputContract:
+        """The contract of an image model at `size` px: uint8 NHWC (S, S, 3), identified by its size."""
+        return InputContract(self.name, tuple(classes), name, "UINT8", (size, size, 3), metadata=metadata,
+                             identity=(("input_size", size),), triton_format="FORMAT_NHWC")
+
     def input_contract(self, params: Params, classes: list[str]) -> InputContract:
-        size = params.backbone.input_size
-        return InputContract(
-            self.name, tuple(classes), "images", "UINT8", (size, size, 3),
-            metadata=(("name", "images"), ("dtype", "uint8"), ("layout", "NHWC"), ("color", "RGB"),
-                      ("modality", self.name), ("size", [size, size]), ("resize", params.backbone.resize),
-                      ("note", IMAGE_NOTE)),
-            identity=(("input_size", int(size)),), triton_format="FORMAT_NHWC")
+        size = int(params.backbone.input_size)
+        return self._contract(classes, size, (
+            ("name", "images"), ("dtype", "uint8"), ("layout", "NHWC"), ("color", "RGB"), ("modality", self.name),
+            ("size", [size, size]), ("resize", params.backbone.resize), ("note", IMAGE_NOTE)))
 
     def contract_from_metadata(self, entry: dict, classes: list[str]) -> InputContract:
-        size = int(entry["size"][0])
-        return InputContract(self.name, tuple(classes), entry.get("name", "images"), "UINT8", (size, size, 3),
-                             metadata=tuple(entry.items()), identity=(("input_size", size),),
-                             triton_format="FORMAT_NHWC")
+        return self._contract(classes, int(entry["size"][0]), tuple(entry.items()), entry.get("name", "images"))
 
     def contract_from_registry(self, entry: dict) -> InputContract:
         size = int(entry["input_size"])
-        return InputContract(self.name, tuple(entry["classes"]), "images", "UINT8", (size, size, 3),
-                             metadata=(("name", "images"), ("modality", self.name), ("size", [size, size])),
-                             identity=(("input_size", size),), triton_format="FORMAT_NHWC")
+        return self._contract(entry["classes"], size, (("name", "images"), ("modality", self.name),
+                                                       ("size", [size, size])))
 
     def int8_blocker(self) -> str:
         return ""
