@@ -157,6 +157,27 @@ def run_stages(names: Sequence[str], params, paths) -> dict[str, StageRun]:
     return {name: run_stage(name, params, paths) for name in names}
 
 
+def built_project(bench: str, existing: Path | None, quick: bool, promote: bool = False):
+    """(params, paths) of an `existing` project (a bench's --project), or of a new clip-art scratch project under
+    bench/out/<bench>/ on which every stage ran (10 images per class at 64 px when `quick`), its candidate promoted
+    to champion when `promote`."""
+    from tasks.core.paths import ProjectPaths
+    from tasks.core.stages import STAGES
+
+    if existing is not None:
+        paths = ProjectPaths(existing.resolve())
+        return stage_params(paths), paths
+    paths = scratch_project(OUT / bench / "project", "clipart", per_class=10 if quick else None,
+                            overrides=["backbone.input_size=64"] if quick else [])
+    params = stage_params(paths)
+    run_stages(STAGES, params, paths)
+    if promote:
+        from tasks.registry.promotion import judge_and_publish
+
+        judge_and_publish(params, paths)
+    return params, paths
+
+
 # ---------------------------------------------------------------------------------------------------- timing
 
 Runnable = Callable[[], Any] | Sequence[str]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._harness import OUT, emit, run_stages, scratch_project, stage_params
+from bench._harness import built_project, emit
 
 QUESTION = "Is the exported model faster to serve on CPU than torch, and does int8 pay?"
 
@@ -43,21 +43,6 @@ def measure(run, images: np.ndarray, reps: int) -> tuple[float, float, np.ndarra
     return statistics.median(lat), len(images) / (time.perf_counter() - t0), probs
 
 
-def project(path: Path | None, quick: bool):
-    """(params, paths) of --project, or of a new scratch project of the clip-art demo on which every stage ran."""
-    from tasks.core.paths import ProjectPaths
-    from tasks.core.stages import STAGES
-
-    if path is not None:
-        paths = ProjectPaths(path.resolve())
-        return stage_params(paths), paths
-    paths = scratch_project(OUT / "onnx_int8_vs_torch_serving" / "project", "clipart",
-                            per_class=10 if quick else None, overrides=["backbone.input_size=64"] if quick else [])
-    params = stage_params(paths)
-    run_stages(STAGES, params, paths)
-    return params, paths
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, help="default: a scratch project of the clip-art demo, built here")
@@ -74,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.runtime.int8 import quantize_int8
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
-    params, paths = project(args.project, args.quick)
+    params, paths = built_project("onnx_int8_vs_torch_serving", args.project, args.quick)
     images, _ = split_samples(params, paths, "test", args.images)
     calib, _ = split_samples(params, paths, "train", params.export.int8_calibration_images)
     model = shipped_classifier(params, paths).eval()

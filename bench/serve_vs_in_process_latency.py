@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._harness import OUT, emit, run_stages, scratch_project, stage_params, venv_env
+from bench._harness import built_project, emit, venv_env
 
 QUESTION = "What does headstart serve cost per request against in-process ONNX Runtime?"
 
@@ -98,24 +98,6 @@ def _served(port: int, name: str, images: np.ndarray, n: int, clients: int) -> t
     return *_percentiles(lat), n / (time.perf_counter() - t0)
 
 
-def project(path: Path | None, quick: bool):
-    """(params, paths) of --project, or of a new scratch project of the clip-art demo on which every stage ran and
-    whose candidate was promoted to champion."""
-    from tasks.core.paths import ProjectPaths
-    from tasks.core.stages import STAGES
-    from tasks.registry.promotion import judge_and_publish
-
-    if path is not None:
-        paths = ProjectPaths(path.resolve())
-        return stage_params(paths), paths
-    paths = scratch_project(OUT / "serve_vs_in_process_latency" / "project", "clipart",
-                            per_class=10 if quick else None, overrides=["backbone.input_size=64"] if quick else [])
-    params = stage_params(paths)
-    run_stages(STAGES, params, paths)
-    judge_and_publish(params, paths)
-    return params, paths
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, help="default: a scratch project of the clip-art demo, built here")
@@ -131,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.modality.samples import split_samples
     from tasks.registry.champions import champion_model
 
-    params, paths = project(args.project, args.quick)
+    params, paths = built_project("serve_vs_in_process_latency", args.project, args.quick, promote=True)
     model = champion_model(paths)
     if model is None:
         raise SystemExit(f"no champion in {paths.root}: run `headstart demo` there first")
