@@ -4,11 +4,17 @@ The head is saved framework-neutral in `models/head.npz`: the feature standardis
 (`weight_i`, `bias_i`), plus the class names. Logistic regression's and the linear SVM's decision functions are exactly
 one linear layer; the MLP is two with a ReLU between. The exported ONNX graph is backbone + standardise + the same
 layers + softmax (tasks.model.head_format, tasks.model.torch_head): one graph, no sklearn at serving time.
+
+Features are never loaded whole: the fit streams them from the feature store's shards in bounded chunks
+(tasks.training.feature_rows), so the stage's memory is flat in the data's size. `--dask ADDRESS` (or `local`, or
+$HEADSTART_HEAD_DASK) computes the linear head's loss and gradient shard by shard on a Dask cluster instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -20,8 +26,12 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
-from tasks.extraction.feature_store import split_features
-from tasks.model.linear_fit import fit_linear
+from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.extraction.feature_store import open_store
+from tasks.model.head_format import Head
+from tasks.training.chunk_sums import LocalSums
+from tasks.training.feature_rows import CHUNK_BYTES, FeatureRows
+from tasks.training.linear_head import fit_linear
 
 
 @dataclass
@@ -36,36 +46,71 @@ class HeadSummary:
     path: str
 
 
-def run_head(params: Params, paths: ProjectPaths | None = None) -> HeadSummary:
-    """Train the head on train features and save it as a linear layer; report train and val accuracy."""
+def split_feature_rows(params: Params, paths: ProjectPaths, split: str, cache_bytes: int = 0):
+    """(FeatureRows, labels, fingerprint) of one split: index sets over the store's shards, nothing read yet."""
+    rows = split_rows(read_manifest(paths), split)
+    store = open_store(params, paths)
+    store.check_recipe(params)
+    features = FeatureRows.from_store(store, rows["sha256"].tolist(), CHUNK_BYTES, cache_bytes)
+    return features, rows["label"].astype(str).to_numpy(), store.fingerprint
+
+
+def accuracy(head: Head, rows: FeatureRows, labels: np.ndarray) -> float | None:
+    """Share of `rows` whose top logit names their label (None without rows), chunk by chunk."""
+    if not rows.n:
+        return None
+    names, right = np.array(head.classes), 0
+    for positions, x in rows.chunks():
+        right += int((names[head.logits(x).argmax(1)] == labels[positions]).sum())
+    return right / rows.n
+
+
+def run_head(params: Params, paths: ProjectPaths | None = None, dask: str | None = None) -> HeadSummary:
+    """Train the head on train features and save it; report train and val accuracy. head.json records how it was
+    fitted (the C used, and with head.C=auto every C's score; iterations, passes over the data, convergence)."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
-    x, y, _, fp = split_features(params, paths, "train")
+    train, y, fp = split_feature_rows(params, paths, "train", params.head.memory_mb << 20)
     if len(set(y)) < 2:
         raise UserError(f"{paths.manifest}: train split has {len(set(y))} class(es); need at least 2")
-    xv, yv, _, _ = split_features(params, paths, "val")
+    val, yv, _ = split_feature_rows(params, paths, "val", 0)
+    fit = None
     if params.head.type == "mlp":
-        from tasks.model.mlp_fit import fit_mlp
+        from tasks.training.mlp_fit import fit_mlp
 
-        head = fit_mlp(x, y, xv, yv, params, fp)
+        head = fit_mlp(train, y, val, yv, params, fp)
     else:
-        head = fit_linear(x, y, params, fp)
-    classes = head.classes
-    train_acc = float((np.array(classes)[head.logits(x).argmax(1)] == y).mean())
-    val_acc = float((np.array(classes)[head.logits(xv).argmax(1)] == yv).mean()) if len(yv) else None
+        dask = dask or os.environ.get("HEADSTART_HEAD_DASK") or None
+        if dask:
+            from tasks.training.dask_sums import DaskSums
+
+            sums = DaskSums(train, dask)
+        else:
+            sums = LocalSums(train)
+        try:
+            head, fit = fit_linear(sums, y, params, fp)
+        finally:
+            sums.close()
+    train_acc, val_acc = accuracy(head, train, y), accuracy(head, val, yv)
     head.save(paths.head)
-    summary = HeadSummary(classes, len(y), train_acc, val_acc, time.perf_counter() - t0, str(paths.head))
-    atomic_write_text(paths.models / "head.json", json.dumps(asdict(summary) | {"params": params.head.model_dump(),
-                                                                                "fingerprint": fp}, indent=2))
-    val = f"{val_acc:.3f}" if val_acc is not None else "n/a"
-    what = f"mlp ({len(head.layers[0][1])} hidden)" if head.kind == "mlp" else f"{head.kind} (C={params.head.C})"
-    log(f"head: {what} on {len(y)} train samples, {len(classes)} classes: "
-        f"train acc {train_acc:.3f}, val acc {val} in {summary.seconds:.1f}s -> {paths.head.relative_to(paths.root)}")
+    summary = HeadSummary(head.classes, len(y), train_acc, val_acc, time.perf_counter() - t0, str(paths.head))
+    record = asdict(summary) | {"params": params.head.model_dump(), "fingerprint": fp}
+    if fit is not None:
+        record["fit"] = asdict(fit) | ({"dask": dask} if dask else {})
+    atomic_write_text(paths.models / "head.json", json.dumps(record, indent=2))
+    val_text = f"{val_acc:.3f}" if val_acc is not None else "n/a"
+    what = f"mlp ({len(head.layers[0][1])} hidden)" if head.kind == "mlp" else f"{head.kind} (C={fit.C:g})"
+    log(f"head: {what} on {len(y)} train samples, {len(head.classes)} classes: "
+        f"train acc {train_acc:.3f}, val acc {val_text} in {summary.seconds:.1f}s -> {paths.head.relative_to(paths.root)}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage_cli(run_head, __name__, argv)
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--dask", default=None, metavar="ADDRESS",
+                    help="fit the linear head's loss and gradient on this Dask scheduler (or 'local')")
+    known, rest = ap.parse_known_args(argv)
+    run_stage_cli(lambda params: run_head(params, dask=known.dask), __name__, rest)
 
 
 if __name__ == "__main__":

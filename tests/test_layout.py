@@ -64,7 +64,7 @@ def test_each_dvc_stage_lists_exactly_the_code_it_runs():
 def test_the_closure_counts_imports_inside_functions():
     # evaluate imports the fine-tune record at the top and scores ONNX through imports inside functions
     assert "tasks.runtime.onnx_classifier" in closure("tasks.evaluate")
-    assert "tasks.model.mlp_fit" in closure("tasks.head")  # imported only when head.type is mlp
+    assert "tasks.training.mlp_fit" in closure("tasks.head")  # imported only when head.type is mlp
 
 
 def _modules_after(code: str) -> set[str]:

@@ -156,7 +156,10 @@ class HeadParams(_Section):
         "none", description="none | balanced | {class: weight, ...} (missing classes weigh 1)")
     standardize: bool = Field(True, description="zero mean, unit variance features; folded into the exported linear "
                                                 "layer")
-    max_iter: int = Field(2000, ge=10)
+    max_iter: int = Field(2000, ge=10, description="solver iterations (L-BFGS steps) before the fit stops "
+                                                      "unconverged, with a warning")
+    memory_mb: int = Field(256, ge=0, description="feature rows kept in memory between solver passes (the rest is "
+                                                  "re-read in 32 MB chunks): memory is flat in the data's size")
     mlp: MlpParams = Field(default_factory=MlpParams, description="head.type=mlp: one hidden layer (torch), the "
                                                                   "epoch with the best val accuracy kept")
 

@@ -80,6 +80,16 @@ class FeatureStore:
         f = self.dir / "recipe.json"
         return json.loads(f.read_text()) if f.exists() else {}
 
+    def check_recipe(self, params: Params) -> None:
+        """One-line UserError when this folder's recipe.json is not what `params` select (features of another
+        backbone or preprocessing copied or renamed into this fingerprint's folder)."""
+        found, wanted = self.recipe(), feature_recipe(params.backbone, params.seed)
+        if found and found != wanted:
+            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise UserError(f"feature store {self.dir} holds features of another recipe ({diff[0]}: "
+                            f"{found.get(diff[0])!r}, params select {wanted.get(diff[0])!r}); move that folder away "
+                            f"and run the features stage")
+
     def provenance(self, sid: int) -> dict:
         """What computed shard `sid` ({} for shards written before provenance was recorded)."""
         f = self._shard_path(sid).with_suffix(".provenance.json")
@@ -156,6 +166,23 @@ class FeatureStore:
             rows = np.array([p[1] for p in pairs])
             out[idx] = self._shard(sid)[rows]
         return out
+
+    def locate(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(shard id, row) of each key, in order, without reading any rows. A key with no row is a one-line
+        UserError that names the shard file that should hold it when that file is gone."""
+        absent = [k for k in keys if k not in self._index]
+        if absent:
+            lost = [keys_file.name.replace(".keys.json", ".npy") for keys_file in self.dir.glob("shard-*.keys.json")
+                    if not keys_file.with_name(keys_file.name.replace(".keys.json", ".npy")).exists()]
+            where = f"; {lost[0]} is missing (its keys file is there)" if lost else ""
+            raise UserError(f"feature store {self.dir}: {len(absent)} sample(s) have no features "
+                            f"(e.g. sha256 {absent[0][:12]}){where}; run the features stage to compute them")
+        pairs = np.array([self._index[k] for k in keys], dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
+
+    def shard_file(self, sid: int) -> Path:
+        """The .npy file of shard `sid`."""
+        return self._shard_path(sid)
 
     def lock(self) -> FileLock:
         """An exclusive writer lock for this fingerprint (a second writer gets a clear error, not corruption)."""

@@ -34,6 +34,18 @@ def _training(paths: ProjectPaths) -> str:
     return "trained on frozen features"
 
 
+def _head_c(params: Params, paths: ProjectPaths) -> str:
+    """C as fitted: the number, or with head.C=auto the C the path chose and how (head.json's fit record)."""
+    head_file = paths.models / "head.json"
+    fit = json.loads(head_file.read_text()).get("fit") if head_file.exists() else None
+    if not fit:
+        return str(params.head.C)
+    if fit.get("C_scores"):
+        return (f"{fit['C']:g}, chosen by {fit['cv_folds']}-fold CV (macro F1) over "
+                + ", ".join(f"{c}: {v:.3f}" for c, v in fit["C_scores"].items()))
+    return f"{fit['C']:g}"
+
+
 def _class_rows(manifest: pd.DataFrame, per_class: dict) -> list[dict]:
     """One table row per scored class: its sample counts per split and its precision, recall and F1."""
     counts = pd.crosstab(manifest["label"], manifest["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
@@ -53,7 +65,8 @@ def render_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFram
                       keep_trailing_newline=True, undefined=StrictUndefined, autoescape=False)
     return env.get_template(TEMPLATE).render(
         params=params, modality=modality_for(params.backbone), recipe=feature_recipe(params.backbone, params.seed),
-        training=_training(paths), classes=classes, parity=export.get("parity", {}), nan=float("nan"),
+        training=_training(paths), head_c=_head_c(params, paths), classes=classes, parity=export.get("parity", {}),
+        nan=float("nan"),
         n_samples=len(manifest), n_rejected=len(read_rejected(paths)), metrics=metrics,
         rows=_class_rows(manifest, per_class))
 
