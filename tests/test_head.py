@@ -191,3 +191,16 @@ def test_peak_memory_of_a_fit_is_bounded_by_its_chunks_not_the_store(tmp_path):
     assert got["converged"] and got["bytes_read"] >= 3 * matrix_bytes  # it streamed the shards, pass after pass
     # 73 MB of features in 2 MB chunks: the fit grows the process by a few chunks, never by the matrix
     assert got["grown_kb"] * 1024 < matrix_bytes / 4, got
+
+
+@pytest.mark.slow
+def test_the_mlp_trains_in_mini_batches_streamed_from_the_shards(features, built_project):
+    from tasks.training.mlp_fit import fit_mlp
+
+    paths, x, y, xe, ye, fp, streamed = features
+    params = project_params(paths, ["head.type=mlp", "head.mlp.max_epochs=30", "head.mlp.patience=5"])
+    val, yv, _ = split_feature_rows(params, paths, "val")
+    before = streamed.bytes_read
+    head = fit_mlp(streamed, y, val, yv, params, fp)
+    assert streamed.bytes_read - before >= 5 * streamed.n * streamed.dim * 4  # epochs re-read the shards, uncached
+    assert head.kind == "mlp" and (_predict(head, xe) == ye).mean() > 0.6

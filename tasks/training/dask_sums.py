@@ -19,6 +19,7 @@ import numpy as np
 from tasks.core.errors import UserError
 from tasks.training.chunk_sums import add_sums, predicted_ids
 from tasks.training.feature_rows import FeatureRows
+from tasks.training.lbfgs import one_blas_thread
 from tasks.training.linear_objective import LinearProblem
 from tasks.training.moments import Moments, chunk_moments
 
@@ -29,15 +30,18 @@ def _part(rows: FeatureRows, i: int) -> FeatureRows:
 
 
 def part_moments(part: FeatureRows) -> Moments:
-    return chunk_moments(part.chunks())
+    with one_blas_thread():
+        return chunk_moments(part.chunks())
 
 
 def part_sums(part: FeatureRows, problem: LinearProblem, theta: np.ndarray):
-    return add_sums(problem, part, theta)
+    with one_blas_thread():
+        return add_sums(problem, part, theta)
 
 
 def part_predictions(part: FeatureRows, problem: LinearProblem, theta: np.ndarray) -> np.ndarray:
-    return predicted_ids(problem, part, theta)
+    with one_blas_thread():
+        return predicted_ids(problem, part, theta)
 
 
 class DaskSums:

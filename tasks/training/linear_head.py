@@ -17,7 +17,7 @@ from tasks.core.params import Params
 from tasks.core.progress import log
 from tasks.model.head_format import Head
 from tasks.training.class_weights import row_weights
-from tasks.training.lbfgs import minimise
+from tasks.training.lbfgs import minimise, one_blas_thread
 from tasks.training.linear_objective import LinearObjective, LinearProblem
 
 TOL = 1e-4  # scikit-learn's default tol for lbfgs: the largest gradient component at the end
@@ -62,6 +62,12 @@ def as_head(problem: LinearProblem, theta: np.ndarray, classes: list[str], finge
 
 
 def fit_linear(sums, labels: np.ndarray, params: Params, fingerprint: str = "") -> tuple[Head, LinearFit]:
+    """Fit the configured linear head (`_fit_linear`), BLAS on one thread (tasks.training.lbfgs: why)."""
+    with one_blas_thread():
+        return _fit_linear(sums, labels, params, fingerprint)
+
+
+def _fit_linear(sums, labels: np.ndarray, params: Params, fingerprint: str = "") -> tuple[Head, LinearFit]:
     """Fit the configured linear head on the rows behind `sums` (LocalSums or DaskSums), labelled `labels` (split
     order). C fixed, or chosen on the regularisation path (head.C=auto). Logs a warning line when the solver stops
     before the gradient is below tolerance; the fit record says so too."""
