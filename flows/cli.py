@@ -155,7 +155,7 @@ def cmd_prefect(args) -> None:
         print("headstart server: deprecated, use `headstart prefect` (the local Prefect API; `headstart serve` is the "
               "inference server); this alias goes in the next release", file=sys.stderr)
     if args.action == "stop":
-        print("headstart prefect: stopped" if stop_project_server() else "headstart prefect: none was running")
+        print(f"headstart prefect: {stop_project_server()}")  # signals only the server it started
         return
     state = start_project_server() if args.action == "start" else running_project_server()
     print(f"headstart prefect: {state['api'].removesuffix('/api')} (pid {state['pid']})" if state

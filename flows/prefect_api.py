@@ -13,6 +13,11 @@ nobody reads once the command returns (a server that logs more than a pipe buffe
 (Ctrl-C on a run would stop it), and does not wait for health. This module runs the same `prefect server start` in the
 foreground of a detached process with its log in a file, and keeps Prefect's pid-file convention, so `prefect server
 stop` still works.
+
+A pid file outlives its process, and the kernel reuses pids: before `headstart prefect stop` signals the pid in
+`server.pid` (and before `status` reports it), it checks that the pid is the server this module started: a Prefect
+server command line, and the start time recorded in `headstart-server.json` (psutil). A pid that is some other process
+now makes the pid file stale: it is removed, the process is left alone, and the command says so.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +32,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
+
+import psutil
 
 from tasks.core.errors import UserError
 
@@ -86,22 +92,50 @@ def _healthy(api: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def _is_prefect_server(cmdline: list[str]) -> bool:
+    """True for the command line of `python -m prefect server start ...` (or the `prefect server start` script)."""
+    args = [os.path.basename(a) for a in cmdline]
+    return any(args[i:i + 3] == ["prefect", "server", "start"] for i in range(len(args)))
+
+
+def _server_process(pid: int, state: dict | None) -> tuple[psutil.Process | None, str]:
+    """(the process, "") when `pid` is the Prefect server that was started (its command line, and the start time in
+    `state` when recorded); else (None, what `pid` is instead, or "" when no such process runs)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+        proc = psutil.Process(pid)
+        cmdline, started = proc.cmdline(), proc.create_time()
+    except psutil.NoSuchProcess:  # gone, or a zombie: nothing to signal
+        return None, ""
+    except psutil.AccessDenied:
+        return None, f"pid {pid} is another user's process"
+    if not _is_prefect_server(cmdline):
+        return None, f"pid {pid} is now `{' '.join(cmdline)[:80]}`, not a Prefect server"
+    recorded = (state or {}).get("started")
+    if recorded is not None and abs(started - recorded) > 1.0:
+        return None, f"pid {pid} is a Prefect server started at another time than the one recorded"
+    return proc, ""
+
+
+def _read_state() -> tuple[int | None, dict | None]:
+    """(pid in server.pid, headstart-server.json), each None when missing or unreadable."""
+    try:
+        pid = int((_prefect_home() / "server.pid").read_text())
+    except (OSError, ValueError):
+        pid = None
+    try:
+        state = json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        state = None
+    return pid, state
 
 
 def running_project_server() -> dict | None:
-    """The project's server as recorded, if its process is alive and answering; None otherwise."""
-    try:
-        state = json.loads(_state_file().read_text())
-        pid = int((_prefect_home() / "server.pid").read_text())
-    except (OSError, ValueError):
+    """The project's server as recorded, if its process is alive, is that server, and answers; None otherwise."""
+    pid, state = _read_state()
+    if pid is None or state is None or pid != state.get("pid"):
         return None
-    if pid != state.get("pid") or not _alive(pid) or not _healthy(state["api"]):
+    proc, _ = _server_process(pid, state)
+    if proc is None or not _healthy(state["api"]):
         return None
     return state
 
@@ -133,7 +167,8 @@ def start_project_server() -> dict:
                                  str(port)], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)  # its own session: Ctrl-C on a run does not stop it
     (home / "server.pid").write_text(str(proc.pid))
-    state = {"pid": proc.pid, "port": port, "api": api, "prefect": prefect_version}
+    state = {"pid": proc.pid, "port": port, "api": api, "prefect": prefect_version,
+             "started": psutil.Process(proc.pid).create_time()}  # with the pid, names this process and no later one
     _state_file().write_text(json.dumps(state))
     try:
         wait_healthy(api)
@@ -145,25 +180,27 @@ def start_project_server() -> dict:
     return state
 
 
-def stop_project_server() -> bool:
-    """Stop the project's Prefect server; True if one was running."""
-    pid_file = _prefect_home() / "server.pid"
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
-        return False
-    stopped = False
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.time() + 20
-        while _alive(pid) and time.time() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        stopped = True
-    pid_file.unlink(missing_ok=True)
+def stop_project_server() -> str:
+    """Stop the project's Prefect server, signalling only that process; returns what happened, for the user: "stopped",
+    "none was running", or why the pid file was stale (its pid is another process now, left alone). The pid file and
+    state are removed in every case."""
+    pid, state = _read_state()
+    outcome = "none was running"
+    if pid is not None:
+        proc, other = _server_process(pid, state)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except psutil.TimeoutExpired:
+                proc.kill()  # psutil checks the pid is still this process before signalling
+            outcome = "stopped"
+        elif other:
+            outcome = (f"the pid file {_prefect_home() / 'server.pid'} is stale ({other}); left that process alone "
+                       f"and removed the pid file")
+    (_prefect_home() / "server.pid").unlink(missing_ok=True)
     _state_file().unlink(missing_ok=True)
-    return stopped
+    return outcome
 
 
 def use_project_server() -> str | None:

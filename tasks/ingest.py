@@ -104,16 +104,20 @@ def _keep_unique(inspected: list[Candidate], rejected: list[Candidate]) -> list[
 
 
 def _require_every_class(good: list[Candidate], seen: list[Candidate], p: IngestParams, source_is_dir: bool,
-                         noun: str) -> None:
-    """One-line error for a class with no usable sample, or no usable sample at all."""
+                         noun: str) -> UserError | None:
+    """The one-line error for a class with no usable sample (with the commonest reason its samples were rejected),
+    or for no usable sample at all; None when every class has some."""
     usable = {c.label for c in good}
     for label in sorted({c.label for c in seen if c.label}):
         if label not in usable:
             where = f"{p.source}/{label}" if source_is_dir else f"label '{label}' in {p.source}"
-            raise UserError(f"class '{label}' ({where}) has no usable {noun} (see data/prepared/rejected.csv for why); "
-                            f"add {noun} or remove the class")
+            why = pd.Series([c.reason.split(" (")[0].split(":")[0] for c in seen if c.label == label]).value_counts()
+            return UserError(f"class '{label}' ({where}) has no usable {noun}: {why.iloc[0]} rejected as "
+                             f"'{why.index[0]}' (data/prepared/rejected.csv lists each with its reason); add {noun} "
+                             f"or remove the class")
     if not good:
-        raise UserError(f"ingest.source: '{p.source}' contains no usable {noun}")
+        return UserError(f"ingest.source: '{p.source}' contains no usable {noun}")
+    return None
 
 
 def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | None) -> pd.DataFrame:
@@ -145,16 +149,21 @@ def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | No
     return df[MANIFEST_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
 
 
-def _write(df: pd.DataFrame, rejected: list[Candidate], paths: ProjectPaths) -> None:
-    """Manifest and rejection list, each written atomically."""
-    with atomic_path(paths.manifest) as tmp:
-        df.to_parquet(tmp, index=False)
+def _write_rejected(rejected: list[Candidate], paths: ProjectPaths) -> None:
+    """The rejection list (path, label, reason, size, mtime), written atomically."""
     stats = [file_stat(c.path) for c in rejected]  # so a rejected file fixed in place is noticed as changed
     rej = pd.DataFrame({"path": [c.rel for c in rejected], "label": [c.label for c in rejected],
                         "reason": [c.reason for c in rejected], "size": [s[0] for s in stats],
                         "mtime_ns": [s[1] for s in stats]}).sort_values("path", kind="stable")
     with atomic_path(paths.rejected) as tmp:
         rej.to_csv(tmp, index=False)
+
+
+def _write(df: pd.DataFrame, rejected: list[Candidate], paths: ProjectPaths) -> None:
+    """Manifest and rejection list, each written atomically."""
+    with atomic_path(paths.manifest) as tmp:
+        df.to_parquet(tmp, index=False)
+    _write_rejected(rejected, paths)
 
 
 def _summarise(df: pd.DataFrame, rejected: list[Candidate], n_files: int, seconds: float,
@@ -203,7 +212,10 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     previous, known = _previous(paths)
     inspected = _inspect_all(candidates, p, known, HashCache(paths.hashes), modality)
     good = _keep_unique(inspected, rejected)
-    _require_every_class(good, inspected + rejected, p, source.is_dir(), modality.noun)
+    missing_class = _require_every_class(good, inspected + rejected, p, source.is_dir(), modality.noun)
+    if missing_class is not None:  # the run stops; rejected.csv says why (the previous manifest stays as it was)
+        _write_rejected(rejected, paths)
+        raise missing_class
     df = _manifest(good, params, previous)
     _write(df, rejected, paths)
     return _summarise(df, rejected, n_files, time.perf_counter() - t0, paths, modality.noun)

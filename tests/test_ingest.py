@@ -216,7 +216,7 @@ def test_ingest_reads_only_regular_files_within_the_size_limit_and_no_link_out_o
     paths = make_project(tmp_path / "proj2", None, [f"ingest.source={csv}"])
     run_ingest(project_params(paths), paths)
     rej = pd.read_csv(paths.rejected).set_index("path")["reason"]
-    assert rej["/dev/zero"].startswith("not a regular file")
+    assert rej["/dev/zero"] == "a special file under /dev (/dev/zero), not data: not read"
 
 
 def test_a_damaged_hash_cache_is_reported_and_only_costs_re_hashing(tmp_path, clipart_raw, capfd):
@@ -230,3 +230,141 @@ def test_a_damaged_hash_cache_is_reported_and_only_costs_re_hashing(tmp_path, cl
     assert f"warning: {paths.hashes} cannot be read" in capfd.readouterr().err
     pd.testing.assert_frame_equal(pd.read_parquet(paths.manifest), manifest)  # every file hashed again, same keys
     assert len(pd.read_parquet(paths.hashes)) == len(manifest) + len(pd.read_csv(paths.rejected))
+
+
+def _tiny_images(folder: Path, n: int = 6, seed: int = 0) -> None:
+    """`n` distinct 8x8 PNGs in `folder`."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"img_{seed}_{i}.png")
+
+
+def test_class_names_that_cannot_travel_stop_ingest_with_one_line_naming_the_folder_or_row(tmp_path):
+    """A class "line\\nbreak" would be two lines of labels.txt and shift every later class at serving: rejected."""
+    import os
+
+    cases = {"newline": ("line\nbreak", r"class name 'line\\nbreak' \(folder .*/line\\nbreak\) holds a line break"),
+             "not utf-8": (os.fsdecode(b"caf\xe9"), r"class name 'caf\\xe9' \(folder .*/caf\\xe9\) is not valid UTF-8"),
+             "case": ("Ants", r"class names 'Ants' \(folder .*/Ants\) and 'ants' \(folder .*/ants\) differ only by case")}
+    for case, (name, message) in cases.items():
+        raw = tmp_path / case / "src"
+        _tiny_images(raw / "ants", seed=1)
+        _tiny_images(raw / "bees", seed=2)
+        _tiny_images(Path(os.fsdecode(os.fsencode(raw)) + "/" + name), seed=3)
+        paths = make_project(tmp_path / case / "proj", None, [f"ingest.source={raw}"])
+        with pytest.raises(UserError, match=message) as exc:
+            run_ingest(project_params(paths), paths)
+        assert "\n" not in str(exc.value), case
+        assert not paths.manifest.exists(), case  # nothing written
+
+    csv = tmp_path / "list.csv"  # a CSV label is a class name too: the row is named
+    files = sorted((tmp_path / "newline" / "src").glob("[ab]*/*.png"))
+    pd.DataFrame({"path": [str(f) for f in files],
+                  "label": [f.parent.name if i != 3 else "killer\nbees" for i, f in enumerate(files)]}
+                 ).to_csv(csv, index=False)
+    paths = make_project(tmp_path / "csv_proj", None, [f"ingest.source={csv}"])
+    with pytest.raises(UserError, match=rf"class name 'killer\\nbees' \({csv}:5\) holds a line break or control character"):
+        run_ingest(project_params(paths), paths)
+
+
+def test_hostile_files_in_a_folder_and_in_a_csv_are_rejected_with_reasons_and_never_read(tmp_path):
+    """A device, a FIFO, /dev/stdin, a /proc file, a NUL byte, a not-UTF-8 name, a link to a folder: each rejected
+    with its reason in rejected.csv, none read (reading /dev/zero or the FIFO would never end), the run finishes."""
+    import os
+    import stat
+
+    raw = tmp_path / "src"
+    _tiny_images(raw / "ants", seed=1)
+    _tiny_images(raw / "bees", seed=2)
+    os.mkfifo(raw / "ants" / "pipe.png")
+    try:
+        os.mknod(raw / "ants" / "zero.png", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # a /dev/zero of its own
+        device = True
+    except PermissionError:  # no CAP_MKNOD: the CSV's /dev/zero below still checks a device
+        device = False
+    (raw / "bees" / os.fsdecode(b"caf\xe9.png")).write_bytes((raw / "bees" / "img_2_0.png").read_bytes())
+    (raw / "bees" / "more").symlink_to(raw / "ants")  # inside the source, but a folder: not walked twice
+    paths = make_project(tmp_path / "proj", None, [f"ingest.source={raw}"])
+    summary = run_ingest(project_params(paths), paths)
+    rej = pd.read_csv(paths.rejected)
+    reasons = dict(zip(rej["path"].map(lambda p: p.rsplit("/", 1)[-1]), rej["reason"]))
+    assert reasons["pipe.png"] == "not a regular file (a FIFO): not read"
+    if device:
+        assert reasons["zero.png"] == "not a regular file (a character device): not read"
+    assert reasons["caf\\xe9.png"].startswith("the file name is not valid UTF-8")
+    assert reasons["more"] == f"a link to a folder (to {raw / 'ants'}): not followed"
+    assert summary.n_usable == 12
+
+    status = tmp_path / "status.png"
+    status.symlink_to("/proc/self/status")  # a regular-looking name that leads into /proc
+    good = sorted(str(f) for f in raw.glob("*/img_*.png"))
+    csv = tmp_path / "list.csv"
+    hostile = ["/dev/zero", "/dev/stdin", "/proc/self/environ", str(status), str(raw / "ants" / "pipe.png"),
+               "/tmp/with\x00nul.png"]
+    pd.DataFrame({"path": good + hostile, "label": [p.split("/")[-2] for p in good] + ["ants"] * len(hostile)}
+                 ).to_csv(csv, index=False)
+    paths = make_project(tmp_path / "proj2", None, [f"ingest.source={csv}"])
+    summary = run_ingest(project_params(paths), paths)
+    reasons = pd.read_csv(paths.rejected).set_index("path")["reason"].to_dict()
+    assert reasons["/dev/zero"] == "a special file under /dev (/dev/zero), not data: not read"
+    assert reasons["/dev/stdin"] == "a special file under /dev (/dev/stdin), not data: not read"
+    assert reasons["/proc/self/environ"].startswith("a special file under /proc (")
+    assert reasons[str(status)].startswith("a special file under /proc (/proc/")  # where the link leads
+    assert reasons[str(raw / "ants" / "pipe.png")] == "not a regular file (a FIFO): not read"
+    assert reasons["/tmp/with\\x00nul.png"] == "the path holds a NUL byte: not a file name"
+    assert summary.n_usable == 12
+
+    latin = tmp_path / "latin.csv"  # bytes that are not UTF-8 in a CSV's path: one line, no traceback
+    latin.write_bytes(b"path,label\n" + os.fsencode(good[0]) + b"\xff,ants\n")
+    paths = make_project(tmp_path / "proj3", None, [f"ingest.source={latin}"])
+    with pytest.raises(UserError, match=rf"^{latin}: cannot read as CSV \('utf-8' codec can't decode") as exc:
+        run_ingest(project_params(paths), paths)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_device_a_fifo_or_a_nul_byte_as_the_source_is_a_one_line_error_before_anything_is_read(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import venv_env
+
+    paths = make_project(tmp_path / "proj", None)
+    ran = subprocess.run([sys.executable, "-m", "tasks.ingest", "-S", "ingest.source=/dev/zero"], cwd=paths.root,
+                         env=venv_env() | {"HEADSTART_ROOT": str(paths.root)}, capture_output=True, text=True,
+                         timeout=120)  # reading /dev/zero as a CSV would never end
+    assert ran.returncode == 2
+    assert ran.stderr.strip() == ("error: ingest.source: '/dev/zero' is a special file under /dev (/dev/zero), not "
+                                  "data: not read; give a folder or a CSV file")
+    fifo = tmp_path / "list.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=rf"^ingest.source: '{fifo}' is a FIFO, not a folder or a CSV file$"):
+        run_ingest(project_params(paths, [f"ingest.source={fifo}"]), paths)
+    from tasks.core.params import IngestParams
+    from tasks.dataset.sources import resolve_source
+
+    with pytest.raises(UserError, match=r"^ingest.source: 'data/raw\\x00' holds a NUL byte"):  # "\\0" in YAML
+        resolve_source(IngestParams(source="data/raw\x00"), paths.root)
+    assert not paths.manifest.exists()
+
+
+def test_a_linked_class_folder_with_no_usable_images_stops_with_a_rejected_csv_saying_why(tmp_path):
+    raw = tmp_path / "src"
+    _tiny_images(raw / "ants", seed=1)
+    _tiny_images(raw / "bees", seed=2)
+    _tiny_images(tmp_path / "elsewhere" / "wasps", seed=3)
+    (raw / "wasps").symlink_to(tmp_path / "elsewhere" / "wasps")  # not walked: a link could lead anywhere
+    paths = make_project(tmp_path / "proj", None, [f"ingest.source={raw}"])
+    with pytest.raises(UserError, match=r"^class 'wasps' \(.*/wasps\) has no usable images: 1 rejected as 'a class "
+                                        r"folder linked out of the source folder' \(data/prepared/rejected.csv") as exc:
+        run_ingest(project_params(paths), paths)
+    assert "\n" not in str(exc.value)
+    rej = pd.read_csv(paths.rejected)
+    assert rej.to_dict("records")[0] | {"size": 0, "mtime_ns": 0} == {
+        "path": f"{raw}/wasps", "label": "wasps", "size": 0, "mtime_ns": 0,
+        "reason": f"a class folder linked out of the source folder (to {tmp_path}/elsewhere/wasps): not followed; copy "
+                  f"the files in instead"}
+    assert not paths.manifest.exists()  # the manifest is not written for a run that stopped

@@ -59,3 +59,36 @@ def test_the_project_server_starts_once_serves_the_next_run_and_stops(tmp_path, 
         alive = False
     assert not alive
     assert "not running" in _cli(["prefect", "status"], paths.root, env).stdout
+
+
+def test_prefect_stop_with_a_stale_pid_file_signals_nothing_and_says_the_pid_file_is_stale(tmp_path):
+    """A pid file outlives its server and pids are reused: `stop` checks the pid is the server it started (command
+    line, start time) before signalling. Unrelated processes holding the recorded pid survive."""
+    import psutil
+
+    home = tmp_path / ".prefect"
+    home.mkdir()
+    env = venv_env() | {"PREFECT_HOME": str(home), "HEADSTART_PREFECT_SERVER": "project"}
+    unrelated = subprocess.Popen(["sleep", "60"])
+    # a process that looks like a Prefect server by its command line, but started at another time than recorded
+    lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "server", "start"])
+    try:
+        for proc, verb, what in ((unrelated, "prefect", "is now `sleep 60`, not a Prefect server"),
+                                 (lookalike, "server", "is a Prefect server started at another time than the one "
+                                                       "recorded")):
+            (home / "server.pid").write_text(str(proc.pid))
+            (home / "headstart-server.json").write_text(json.dumps({
+                "pid": proc.pid, "port": 9, "api": "http://127.0.0.1:9/api", "prefect": "3.8.8",
+                "started": psutil.Process(proc.pid).create_time() - 100}))
+            assert "not running" in _cli([verb, "status"], tmp_path, env).stdout
+            stopped = _cli([verb, "stop"], tmp_path, env)
+            assert stopped.returncode == 0, stopped.stderr
+            assert stopped.stdout.strip() == (f"headstart prefect: the pid file {home / 'server.pid'} is stale (pid "
+                                              f"{proc.pid} {what}); left that process alone and removed the pid file")
+            assert proc.poll() is None  # still running: nothing was signalled
+            assert not (home / "server.pid").exists() and not (home / "headstart-server.json").exists()
+        assert _cli(["prefect", "stop"], tmp_path, env).stdout.strip() == "headstart prefect: none was running"
+    finally:
+        for proc in (unrelated, lookalike):
+            proc.kill()
+            proc.wait()

@@ -1,5 +1,6 @@
 """Safe file operations: atomic outputs (write to a temporary sibling, then rename, so no reader ever sees a
-half-written file or folder), link-or-copy, and content hashing."""
+half-written file or folder), link-or-copy, and content hashing. A full disk during an atomic write is a one-line
+`tasks.core.disk_space.DiskFull` (a UserError) naming the file, after the temp path is removed."""
 
 from __future__ import annotations
 
@@ -12,21 +13,30 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from tasks.core.disk_space import DiskFull, disk_full, is_disk_full
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | Path, suffix: str = "", durable: bool = False) -> Iterator[Path]:
+def atomic_path(dest: str | Path, suffix: str = "", durable: bool = False, needs: int | None = None) -> Iterator[Path]:
     """Yield a temp path beside `dest`; on success rename it onto `dest`, on error delete it.
 
     The temp name keeps `suffix` (e.g. ".parquet") so libraries that infer the format from the extension work.
     `durable`: the bytes reach the disk before the rename publishes them, and the rename before this returns (fsync
     of the file, then of the folder), so a power cut never leaves a published name over missing data.
+    A full disk (or quota), in the caller's writer or here, raises `DiskFull` naming `dest` and the space it needed
+    (`needs`, the file's size, when the caller knows it), with the temp file removed and `dest` untouched.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix + ".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix + ".tmp", dir=dest.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(dest, exc, 0, needs) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -38,9 +48,23 @@ def atomic_path(dest: str | Path, suffix: str = "", durable: bool = False) -> It
         os.replace(tmp_path, dest)
         if durable:
             _fsync(dest.parent)
-    except BaseException:
+    except BaseException as exc:
+        written = _size(tmp_path)
+        full = not isinstance(exc, DiskFull) and is_disk_full(exc, dest.parent)  # judged before the temp file goes
         tmp_path.unlink(missing_ok=True)
+        if full:
+            raise disk_full(dest, exc, written, needs) from None
         raise
+
+
+def _size(path: Path) -> int:
+    """Bytes in `path` (a file, or a folder's files); 0 when it is gone."""
+    try:
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 @contextlib.contextmanager
@@ -50,10 +74,16 @@ def atomic_dir(dest: str | Path, durable: bool = False) -> Iterator[Path]:
     An existing `dest` is swapped with the new folder by one atomic exchange (Linux renameat2), so a reader sees the
     old folder or the new one, never neither; where the exchange is unsupported, by two renames in quick succession.
     `durable`: every file and folder inside is fsynced before the swap, and the parent folder after it.
+    A full disk raises `DiskFull` naming `dest` (as `atomic_path` does), with the temp folder removed.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(dest, exc, 0) from None
+        raise
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; outputs should look like normal folders
@@ -73,8 +103,12 @@ def atomic_dir(dest: str | Path, durable: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         if durable:
             _fsync(dest.parent)
-    except BaseException:
+    except BaseException as exc:
+        written = _size(tmp)
+        full = not isinstance(exc, DiskFull) and is_disk_full(exc, dest.parent)  # judged before the temp folder goes
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise disk_full(dest, exc, written) from None
         raise
 
 
@@ -121,11 +155,12 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def file_stat(path: str | Path) -> tuple[int, int]:
-    """(size, mtime in ns) of a file, or (-1, -1) when it cannot be read: enough to notice it changed."""
+    """(size, mtime in ns) of a file, or (-1, -1) when it cannot be read (a path with a NUL byte included): enough to
+    notice it changed."""
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
-    except OSError:
+    except (OSError, ValueError):
         return -1, -1
 
 

@@ -6,32 +6,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat as stat_module
 
 from tasks.core.params import IngestParams
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.images import check_image
+from tasks.dataset.regular_files import read_regular
 from tasks.dataset.sources import Candidate
 from tasks.dataset.texts import check_decoded, decode_text
 
 
-def read_regular(c: Candidate, limit: int, key: str) -> tuple[bytes | None, os.stat_result | None]:
-    """(bytes, stat) of a regular file within `limit` bytes; else (None, None) with `c.reason` set (a CSV can name
-    /dev/zero or a FIFO: such files are never read)."""
-    try:
-        st = c.path.stat()
-        if not stat_module.S_ISREG(st.st_mode):
-            c.reason = "not a regular file (a device, FIFO, socket or folder)"
-            return None, None
-        if st.st_size > limit:
-            c.reason = f"too big: {st.st_size:,} bytes > limit {limit:,} ({key}); not read"
-            return None, None
-        return c.path.read_bytes(), st
-    except FileNotFoundError:
-        c.reason = "file not found"
-    except OSError as exc:
-        c.reason = f"unreadable ({exc.strerror})"
-    return None, None
+def _read(c: Candidate, limit: int, key: str) -> tuple[bytes | None, os.stat_result | None]:
+    """(bytes, stat) of a regular file within `limit` bytes (`tasks.dataset.regular_files`); else (None, None) with
+    `c.reason` set: a device, FIFO, /dev/stdin or /proc file is never read, an endless one never read to its end."""
+    data, st, c.reason = read_regular(c.path, limit, key)
+    return data, st
+
 
 def inspect_image(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int]], hashes: HashCache) -> Candidate:
     """Hash the bytes and (unless this exact content was validated before) fully decode the image. A file whose
@@ -41,7 +30,7 @@ def inspect_image(c: Candidate, p: IngestParams, known: dict[str, tuple[int, int
     if cached in known:
         c.sha256, (c.width, c.height) = cached, known[cached]
         return c
-    data, st = read_regular(c, p.max_file_bytes, "ingest.max_file_bytes")
+    data, st = _read(c, p.max_file_bytes, "ingest.max_file_bytes")
     if data is None:
         return c
     c.sha256 = hashlib.sha256(data).hexdigest()
@@ -58,7 +47,7 @@ def inspect_text(c: Candidate, p: IngestParams) -> Candidate:
     if c.text is not None:
         check = check_decoded(c.text, p.max_text_bytes)
     else:
-        data, _ = read_regular(c, p.max_text_bytes, "ingest.max_text_bytes")
+        data, _ = _read(c, p.max_text_bytes, "ingest.max_text_bytes")
         if data is None:
             return c
         check = decode_text(data, p.text_encoding, p.max_text_bytes)

@@ -17,6 +17,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.dataset.regular_files import read_regular
+
 TEXT_NORMALISATION = "nfc+lf+strip/v1"  # part of the feature fingerprint: change it deliberately
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -85,13 +87,11 @@ DEFAULT_MAX_TEXT_BYTES = 2**20  # ingest.max_text_bytes' default: what predict a
 
 
 def read_text_file(path: Path, encoding: str = "utf-8", max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> tuple[str | None, str]:
-    """(normalised text, "") or (None, reason) for a text file, by ingest's rule; never raises for a bad file."""
-    try:
-        if path.stat().st_size > max_bytes:
-            return None, f"too big: over {max_bytes:,} bytes"
-        check = decode_text(path.read_bytes(), encoding, max_bytes)
-    except FileNotFoundError:
-        return None, "file not found"
-    except OSError as exc:
-        return None, f"unreadable ({exc.strerror})"
+    """(normalised text, "") or (None, reason) for a text file, by ingest's rule; never raises for a bad file, and
+    reads only a regular file, at most `max_bytes` of it (`tasks.dataset.regular_files`: a FIFO or /dev/zero named
+    for prediction is refused, not read)."""
+    data, _, why = read_regular(path, max_bytes, "ingest.max_text_bytes")
+    if data is None:
+        return None, why
+    check = decode_text(data, encoding, max_bytes)
     return (check.text, "") if not check.reason else (None, check.reason)

@@ -211,7 +211,7 @@ class FeatureStore:
         ids = [int(m.group(1)) for p in self.dir.iterdir() if (m := _SHARD.match(p.name))]
         sid = max(ids, default=-1) + 1
         npy = self._shard_path(sid)
-        with atomic_path(npy, suffix=".npy") as tmp:
+        with atomic_path(npy, suffix=".npy", needs=4 * np.size(features) + 128) as tmp:  # float32 rows + .npy header
             np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
         if provenance is not None:
             atomic_write_text(npy.with_suffix(".provenance.json"), json.dumps(provenance, indent=1, sort_keys=True))
