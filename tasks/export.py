@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from tasks.core.disk_space import disk_full, is_disk_full
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_write_text
 from tasks.core.modality_api import Modality
@@ -185,6 +186,12 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
                 f"{report.max_abs_diff_probs:.2e} (tolerance {report.tolerance:.0e}, reference: {report.reference}), "
                 f"argmax agree: {report.argmax_agree}; {paths.onnx} was not replaced")
         os.replace(staging, paths.onnx)
+    except OSError as exc:  # the staging file is written by onnx/torch, not through atomic_path: name the model
+        if not is_disk_full(exc, staging.parent):
+            raise
+        written = staging.stat().st_size if staging.exists() else 0
+        staging.unlink(missing_ok=True)  # before the free space is measured for the message
+        raise disk_full(paths.onnx, exc, written) from None
     finally:
         staging.unlink(missing_ok=True)
     atomic_write_text(paths.labels, "\n".join(head.classes) + "\n")
