@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -59,15 +60,14 @@ def cmd_promote(args) -> None:
     paths = default_paths()
     if not paths.onnx.exists():
         raise UserError(f"{paths.onnx} not found: build a candidate first (`headstart run` or `dvc repro`)")
-    record = judge_and_publish(load_params(), paths)
+    recorder = None if getattr(args, "no_commit", False) else functools.partial(record_promotion, paths.root)
+    record = judge_and_publish(load_params(), paths, recorder=recorder)  # the DVC/git record too, under its lock
     if record["action"] == "unchanged":
         print(f"headstart promote: the candidate is the champion v{record['champion_version']:04d} already")
         return
     if record["action"] != "promoted":
         print(f"headstart promote: rejected; champion v{record['champion_version']:04d} stays ({record['reason']})")
         raise SystemExit(1)
-    if not getattr(args, "no_commit", False):
-        record_promotion(paths.root, record["champion_version"])
     print(f"headstart promote: v{record['champion_version']:04d} is the champion ({record['reason']}); deploy "
           f"repository {os.path.relpath(serving_dir(paths), paths.root)}/")
 

@@ -4,13 +4,14 @@ detect new/changed/removed files under `ingest.source` -> (nothing new and a cha
 (existing files keep their split) -> features (new images only) -> head -> finetune -> export -> evaluate -> score the
 challenger (models/model.onnx) and the champion on the same current test split and on the trusted hold-out -> promote
 the challenger unless it is worse by more than `retrain.tolerance` on `retrain.metric` (the gate:
-`tasks.registry.promotion`; else keep it under models/rejected/ with the reason; nothing deployable changes) -> `dvc
-commit` -> record the promotion (`dvc add` + a git commit of the pointers) -> `dvc push` (with `retrain.push`). Every
-stage is the same function `dvc repro` runs; flows only compose.
+`tasks.registry.promotion`; else keep it under models/rejected/ with the reason; nothing deployable changes), and record
+the promotion (`dvc add` + a git commit of the pointers) before the registry's lock is released -> `dvc commit` -> `dvc
+push` (with `retrain.push`). Every stage is the same function `dvc repro` runs; flows only compose.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def detect_task(params: Params, paths: ProjectPaths):
 
 @task(name="judge-and-publish")
 def judge_task(params: Params, paths: ProjectPaths, context: dict) -> dict:
-    """The promotion gate (tasks.registry.promotion): promote the challenger or keep it aside."""
-    return judge_and_publish(params, paths, context)
+    """The promotion gate (tasks.registry.promotion): promote the challenger or keep it aside; a promotion is
+    recorded (`dvc add` + a git commit of the pointers) before the registry's lock is released."""
+    return judge_and_publish(params, paths, context, recorder=functools.partial(record_promotion, paths.root))
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=[5, 30])
@@ -63,8 +65,6 @@ def retrain_flow(root: str | None = None, force: bool = False) -> dict:
     record = judge_task(params, paths, context)
     record["seconds"] = round(time.perf_counter() - t0, 1)
     dvc_commit(paths.root)
-    if record["action"] == "promoted":
-        record_promotion(paths.root, record["champion_version"])
     if params.retrain.push and (paths.root / ".dvc").is_dir():
         push_task(paths)
     return record

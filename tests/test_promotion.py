@@ -77,3 +77,56 @@ def test_every_published_file_reaches_the_disk_before_its_rename(tmp_path, monke
     for f in published:  # synced before the rename: inside its temporary folder, or under its temporary name
         assert any(n == f.name or n.startswith(f".{f.name}.") for n in names), f"{f} was published without an fsync"
     assert str(paths.models / "registry") in synced  # the folder holding the renamed entries, after the rename
+
+
+def test_the_next_promotion_clears_what_an_interrupted_one_left(tmp_path, capfd):
+    """What the issue's SIGKILL trials left with an earlier release: temporary folders in the registry and the deploy
+    repository, a version above the pointer, a DVC temporary, a deploy repository that lost the champion's folder."""
+    import shutil
+
+    from tasks.registry.champions import rejected_dir
+    from tasks.registry.transaction import recover
+
+    paths, params = ProjectPaths(tmp_path), Params()
+    reg, model_dir = paths.models / "registry", serving_dir(paths) / params.export.triton_name
+    for tag in ("a", "b"):
+        _candidate(paths, ["cat", "dog"], tag)
+        promote(paths, params, {"f1_macro": 0.5}, {"reason": tag}, test_keys=[tag])
+    (reg / ".v0003.k2j3x").mkdir()
+    (reg / ".v0003.k2j3x" / "model.onnx").write_bytes(b"half")
+    (reg / ".champion.json.q1.tmp").write_text("{")
+    (serving_dir(paths) / ".headstart.x9").mkdir()
+    (serving_dir(paths) / ".headstart.x9" / "config.pbtxt").write_text("half")  # Triton would try to load this
+    (reg / "v0001" / ".Xy7.tmp").write_bytes(b"dvc's copy")
+    shutil.copytree(reg / "v0002", reg / "v0003")  # written, never champion
+    shutil.rmtree(model_dir / "2")  # the pointer moved, the deploy repository did not follow
+
+    recover(paths, params)
+    assert not [p for d in (reg, serving_dir(paths)) for p in d.rglob(".*")]
+    assert list(versions(paths)) == [1, 2] and not (reg / "v0003").exists()
+    kept = list(rejected_dir(paths).iterdir())
+    assert [k.name.endswith("-v0003-uncommitted") for k in kept] == [True] and (kept[0] / "reason.json").exists()
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]
+    err = capfd.readouterr().err
+    assert "removed 4 temporary" in err and "v0003 was written by a promotion interrupted" in err
+    assert "rebuilt it" in err
+
+    (reg / "v0001" / "model.onnx").unlink()  # an older version lost its model: left out, no crash
+    _candidate(paths, ["cat", "dog"], "c")
+    assert promote(paths, params, {"f1_macro": 0.5}, {"reason": "c"}, test_keys=["c"]) == 3
+    assert sorted(p.name for p in model_dir.iterdir()) == ["2", "3", "config.pbtxt", "labels.txt"]
+    assert "versions [1] have no model.onnx" in capfd.readouterr().err
+
+
+def test_a_champion_without_its_model_is_a_one_line_error(tmp_path):
+    import pytest
+
+    from tasks.core.errors import UserError
+
+    paths, params = ProjectPaths(tmp_path), Params()
+    _candidate(paths, ["cat", "dog"], "a")
+    promote(paths, params, {"f1_macro": 0.5}, {"reason": "a"}, test_keys=["a"])
+    (paths.models / "registry" / "v0001" / "model.onnx").unlink()
+    _candidate(paths, ["cat", "dog"], "b")
+    with pytest.raises(UserError, match=r"the champion v0001 has no model.onnx .*dvc checkout models/registry.dvc"):
+        promote(paths, params, {"f1_macro": 0.5}, {"reason": "b"}, test_keys=["b"])

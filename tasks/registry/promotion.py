@@ -2,7 +2,9 @@
 
 Both models run through ONNX Runtime on the current test split and on the trusted hold-out (every promoted
 version's test split): a batch of mislabelled new images poisons the current test split for both models alike,
-never the hold-out. The rule itself is `tasks.registry.champions.decide`. Used by `headstart promote`, by the demo
+never the hold-out. The rule itself is `tasks.registry.champions.decide`. The gate judges a private copy of the
+candidate, taken once under the registry's lock, and that copy is what gets published: a candidate replaced while
+the gate runs is never registered unjudged (`tasks.registry.transaction`). Used by `headstart promote`, by the demo
 and by the retrain flow.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from tasks.core.files import atomic_write_text, sha256_file
+from tasks.core.files import sha256_file
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
@@ -23,14 +25,17 @@ from tasks.registry.champions import (
     decide,
     holdout_keys,
     keep_rejected,
-    promote,
+    publish,
 )
+from tasks.registry.staging import Candidate, crash_point, snapshot_candidate, write_staged
+from tasks.registry.transaction import Recorder, promotion_transaction
 
 
-def compare(params: Params, paths: ProjectPaths) -> dict:
-    """Candidate and champion metrics on the current test split and, when there is one, the trusted hold-out."""
+def compare(params: Params, paths: ProjectPaths, candidate: Candidate | None = None) -> dict:
+    """Candidate (its copy `candidate`, else models/model.onnx) and champion metrics on the current test split and,
+    when there is one, the trusted hold-out."""
     champion = champion_model(paths)
-    models = {"challenger": paths.onnx} | ({"champion": champion} if champion else {})
+    models = {"challenger": candidate.onnx if candidate else paths.onnx} | ({"champion": champion} if champion else {})
     holdout = holdout_keys(paths) if champion else set()
     if holdout:
         present = set(split_rows(read_manifest(paths), "test")["sha256"])
@@ -39,6 +44,8 @@ def compare(params: Params, paths: ProjectPaths) -> dict:
             log(f"promotion: warning: {gone} of {len(holdout)} trusted hold-out samples are no longer in the test split "
                 f"(deleted or rejected since); the hold-out check uses the {len(holdout) - gone} still there")
     scores = score_models(models, params, paths, "test", {"holdout": holdout} if holdout else None)
+    for view in scores["challenger"].values():
+        view["model"] = str(paths.onnx)  # the copy it scored is gone after the promotion; its sha256 is recorded
     out = {"challenger": scores["challenger"]["all"], "champion": scores["champion"]["all"] if champion else None}
     if champion and "holdout" in scores["champion"]:
         out["challenger_holdout"] = scores["challenger"]["holdout"]
@@ -46,28 +53,36 @@ def compare(params: Params, paths: ProjectPaths) -> dict:
     return out
 
 
-def judge_and_publish(params: Params, paths: ProjectPaths, context: dict | None = None) -> dict:
-    """Compare, decide, then promote the candidate or keep it under models/rejected/; write the decision to
-    models/metrics/promotion.json and return it ({"action": "promoted" | "rejected", "reason", "scores", ...})."""
-    champion = champion_model(paths)
-    if champion is not None and sha256_file(champion) == sha256_file(paths.onnx):
-        log(f"promotion: the candidate is the champion v{champion_version(paths):04d} already; nothing to do")
-        return {"action": "unchanged", "champion_version": champion_version(paths), "reason": "same model"}
-    scores = compare(params, paths)
-    promote_it, why = decide(params, scores)
-    record = {"decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": why,
-              "metric": params.retrain.metric, "tolerance": params.retrain.tolerance, "scores": scores,
-              **(context or {})}
-    if promote_it:
+def judge_and_publish(params: Params, paths: ProjectPaths, context: dict | None = None,
+                      recorder: Recorder | None = None) -> dict:
+    """Under the registry's lock: copy the candidate once, compare that copy with the champion, decide, then publish
+    it or keep it under models/rejected/; write the decision to models/metrics/promotion.json and return it
+    ({"action": "promoted" | "rejected" | "unchanged", "reason", "scores", "model_sha256", ...}). `recorder` writes
+    the DVC/git record of a promotion (this one's, or one an interrupted run left undone) before the lock is
+    released."""
+    with promotion_transaction(paths, params, recorder) as txn:
+        candidate = snapshot_candidate(paths)
+        crash_point("snapshot")
+        champion = champion_model(paths)
+        if champion is not None and sha256_file(champion) == candidate.sha256:
+            log(f"promotion: the candidate is the champion v{champion_version(paths):04d} already; nothing to do")
+            return {"action": "unchanged", "champion_version": champion_version(paths), "reason": "same model"}
         test_keys = split_rows(read_manifest(paths), "test")["sha256"].tolist()
-        version = promote(paths, params, scores["challenger"], record, test_keys)
-        record["action"] = "promoted"
-        log(f"promotion: promoted v{version:04d} ({why})")
-    else:
-        kept = keep_rejected(paths, scores["challenger"], record)
-        record |= {"action": "rejected", "kept": kept.relative_to(paths.root).as_posix()}
-        log(f"promotion: candidate rejected, champion v{champion_version(paths):04d} stays ({why}); kept in "
-            f"{record['kept']}")
-    record["champion_version"] = champion_version(paths)
-    atomic_write_text(paths.metrics / "promotion.json", json.dumps(record, indent=2))
+        scores = compare(params, paths, candidate)
+        crash_point("judged")
+        promote_it, why = decide(params, scores)
+        record = {"decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "reason": why,
+                  "metric": params.retrain.metric, "tolerance": params.retrain.tolerance, "scores": scores,
+                  "model_sha256": candidate.sha256, **(context or {})}
+        if promote_it:
+            version = publish(txn, candidate, scores["challenger"], record, test_keys)
+            record["action"] = "promoted"
+            log(f"promotion: promoted v{version:04d} ({why})")
+        else:
+            kept = keep_rejected(paths, scores["challenger"], record, candidate.folder)
+            record |= {"action": "rejected", "kept": kept.relative_to(paths.root).as_posix()}
+            log(f"promotion: candidate rejected, champion v{champion_version(paths):04d} stays ({why}); kept in "
+                f"{record['kept']}")
+        record["champion_version"] = champion_version(paths)
+        write_staged(paths, paths.metrics / "promotion.json", json.dumps(record, indent=2))
     return record
