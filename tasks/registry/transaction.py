@@ -40,6 +40,7 @@ from tasks.registry.layout import (
     champion_version,
     deployable_dirs,
     rejected_dir,
+    serving_dir,
     version_dir,
     version_folders,
 )
@@ -105,9 +106,19 @@ def recover(paths: ProjectPaths, params: Params) -> None:
     if champion is not None and not (version_dir(paths, champion) / "model.onnx").is_file():
         raise UserError(f"the champion v{champion:04d} has no model.onnx in {version_dir(paths, champion)}: restore "
                         f"the registry (`dvc checkout models/registry.dvc` or `dvc pull`), then promote again")
+    if _renamed_since(paths, params.export.triton_name, champion):
+        return  # export.triton_name changed since the champion was deployed: the next promotion writes the new folder
     if sync_deploy_repository(paths, params.export.triton_name, params.export.triton_max_batch_size):
         log(f"promote: the deploy repository did not hold the champion v{champion:04d}'s set (an interrupted "
             f"promotion); rebuilt it")
+
+
+def _renamed_since(paths: ProjectPaths, name: str, champion: int | None) -> bool:
+    """True when the model folder `name` is absent and another model folder holds the champion: a renamed model (a
+    rejected promotion must not write the new folder), not an interrupted promotion."""
+    root = serving_dir(paths)
+    return (champion is not None and not (root / name).exists() and root.exists()
+            and any((folder / str(champion) / "model.onnx").is_file() for folder in root.iterdir()))
 
 
 def _remove_stray_entries(paths: ProjectPaths) -> int:
