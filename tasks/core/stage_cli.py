@@ -24,7 +24,7 @@ def run_stage_cli(run: Callable[[Params], object], module: str, argv: list[str] 
     try:
         run(params)
     except Exception as exc:
-        spec = getattr(sys.modules[module], "__spec__", None)  # run as `python -m tasks.x`, `module` is __main__
+        spec = getattr(sys.modules[module], "__spec__", None)  # under `python -m`, `module` is __main__
         full = disk_full_anywhere(exc, f"python -m {spec.name if spec else module}")
         if full is None:
             raise
