@@ -158,6 +158,8 @@ class HeadParams(_Section):
                                                 "layer")
     max_iter: int = Field(2000, ge=10, description="solver iterations (L-BFGS steps) before the fit stops "
                                                       "unconverged, with a warning")
+    tol: float = Field(1e-4, gt=0.0, description="the fit has converged when no gradient component of the "
+                                                  "per-sample objective exceeds this (scikit-learn's tol)")
     memory_mb: int = Field(256, ge=0, description="feature rows kept in memory between solver passes (the rest is "
                                                   "re-read in 32 MB chunks): memory is flat in the data's size")
     mlp: MlpParams = Field(default_factory=MlpParams, description="head.type=mlp: one hidden layer (torch), the "

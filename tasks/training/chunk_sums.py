@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tasks.training.feature_rows import FeatureRows
-from tasks.training.linear_objective import LinearProblem, chunk_logits, chunk_sums, standardised
+from tasks.training.linear_objective import LinearProblem, chunk_logits, chunk_sums, on_raw_rows
 from tasks.training.moments import Moments, chunk_moments
 
 
@@ -24,9 +24,9 @@ def add_sums(problem: LinearProblem, rows: FeatureRows, theta: np.ndarray):
 def predicted_ids(problem: LinearProblem, rows: FeatureRows, theta: np.ndarray) -> np.ndarray:
     """(positions, models) predicted class id of every row by every model (-1 where a position is not in `rows`)."""
     out = np.full((len(problem.y), problem.models), -1, np.int64)
-    w, b = problem.unpack(theta)
+    a, c = on_raw_rows(problem, theta)
     for positions, x in rows.chunks():
-        f = chunk_logits(standardised(x, problem.mean, problem.scale), w, b).reshape(len(x), problem.models, -1)
+        f = chunk_logits(x, a, c).reshape(len(x), problem.models, -1)
         out[positions] = f.argmax(axis=2) if problem.outputs > 1 else (f[..., 0] > 0).astype(np.int64)
     return out
 

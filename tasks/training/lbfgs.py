@@ -33,15 +33,31 @@ def one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def minimise(objective, theta0: np.ndarray, tol: float, max_iter: int) -> Solution:
-    """Minimise `objective` (theta -> (value, gradient)) from `theta0` with L-BFGS-B (10 curvature pairs). Converged
-    means the largest gradient component is at most `tol`; a line search that cannot improve the float32-summed loss
-    any further with the gradient already below 10 x tol also counts (the loss is only exact to ~1e-7)."""
+def minimise(objective, theta0: np.ndarray, tol: float, max_iter: int, change=None) -> Solution:
+    """Minimise `objective` (theta -> (value, gradient)) from `theta0` with L-BFGS-B (10 curvature pairs), optionally
+    in variables theta' given by `change` (tasks.training.preconditioner.Whitening: to_theta, to_prime,
+    gradient_to_prime). Converged means the largest component of the gradient w.r.t. theta itself is at most `tol`,
+    whatever the variables the solver moved in (scikit-learn's criterion for its lbfgs)."""
     before = getattr(objective, "passes", 0)
+    last: dict = {}
+
+    def value_and_gradient(point: np.ndarray):
+        theta = change.to_theta(point) if change else point
+        value, gradient = objective(theta)
+        last.update(point=point.copy(), gradient=gradient)
+        return value, change.gradient_to_prime(gradient) if change else gradient
+
+    def stop_when_converged(intermediate_result):
+        if np.array_equal(intermediate_result.x, last.get("point")) and np.abs(last["gradient"]).max() <= tol:
+            raise StopIteration
+
+    start = change.to_prime(theta0) if change else np.asarray(theta0, np.float64)
     with one_blas_thread():
-        res = minimize(objective, np.asarray(theta0, np.float64), jac=True, method="L-BFGS-B",
-                       options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12, "maxls": 50})
-    grad_norm = float(np.abs(res.jac).max()) if res.jac is not None else float("nan")
-    converged = bool(res.success) and grad_norm <= tol * 10 or grad_norm <= tol
-    return Solution(res.x, int(res.nit), getattr(objective, "passes", 0) - before, grad_norm, converged,
+        res = minimize(value_and_gradient, start, jac=True, method="L-BFGS-B", callback=stop_when_converged,
+                       options={"maxiter": max_iter, "gtol": 0.0 if change else tol, "ftol": 1e-12, "maxls": 50})
+        if not np.array_equal(res.x, last.get("point")):
+            value_and_gradient(res.x)
+    grad_norm = float(np.abs(last["gradient"]).max())
+    theta = change.to_theta(res.x) if change else res.x
+    return Solution(theta, int(res.nit), getattr(objective, "passes", 0) - before, grad_norm, grad_norm <= tol,
                     str(res.message))

@@ -19,8 +19,8 @@ from tasks.model.head_format import Head
 from tasks.training.class_weights import row_weights
 from tasks.training.lbfgs import minimise, one_blas_thread
 from tasks.training.linear_objective import LinearObjective, LinearProblem
+from tasks.training.preconditioner import PRECONDITION_ROWS, Whitening, feature_correlation
 
-TOL = 1e-4  # scikit-learn's default tol for lbfgs: the largest gradient component at the end
 
 
 @dataclass
@@ -78,16 +78,18 @@ def _fit_linear(sums, labels: np.ndarray, params: Params, fingerprint: str = "")
     mean, scale = standardisation(sums, sums.rows.dim, h.standardize)
     problem = LinearProblem(y, row_weights(h, classes, y), mean, scale, len(classes),
                             "squared_hinge" if h.type == "linear_svm" else "logistic")
+    eigen = feature_correlation(sums.rows, mean, scale) if sums.rows.n >= PRECONDITION_ROWS else None
     theta0, c, path = np.zeros(problem.size()), h.C, None
     if c == "auto":
         from tasks.training.regularisation_path import choose_c
 
-        path = choose_c(problem, sums, h, params.seed)
+        path = choose_c(problem, sums, h, params.seed, eigen)
         c, theta0 = path.c, path.warm_start
-    solution = minimise(LinearObjective(problem, sums.for_problem(problem), c), theta0, TOL, h.max_iter)
+    change = Whitening(problem, eigen) if eigen is not None else None
+    solution = minimise(LinearObjective(problem, sums.for_problem(problem), c), theta0, h.tol, h.max_iter, change)
     if not solution.converged:
         log(f"head: WARNING: the solver stopped after {solution.iterations} iterations with gradient norm "
-            f"{solution.grad_norm:.2g} > tol {TOL:g} ({solution.message}); raise head.max_iter or lower head.C")
+            f"{solution.grad_norm:.2g} > head.tol {h.tol:g} ({solution.message}); raise head.max_iter or lower head.C")
     fit = LinearFit(float(c), solution.iterations, solution.passes + (path.passes if path else 0),
                     solution.grad_norm, solution.converged, time.perf_counter() - t0,
                     {f"{k:g}": v for k, v in path.scores.items()} if path else None, path.folds if path else None)

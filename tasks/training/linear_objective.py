@@ -62,27 +62,28 @@ class LinearProblem:
         return self.fold[positions][:, None] != np.arange(self.models)[None, :]
 
 
-def standardised(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(x - mean) / scale in float32, in a new array."""
-    z = x - mean
-    z /= scale
-    return z
+def on_raw_rows(problem: LinearProblem, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(A, c) such that raw rows x give the logits x @ A.T + c, equal to standardised rows z @ W.T + b: the
+    standardisation folded into the weights, so a pass never rewrites the rows."""
+    w, b = problem.unpack(theta)
+    a = w / problem.scale
+    return a, b - a @ problem.mean
 
 
-def chunk_logits(z: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Logits of every model for standardised rows `z` (rows x models*outputs)."""
-    out = z @ w.T
-    out += b
+def chunk_logits(x: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Logits of every model for raw rows `x` (rows x models*outputs), from `on_raw_rows`."""
+    out = x @ a.T
+    out += c
     return out
 
 
 def chunk_sums(problem: LinearProblem, positions: np.ndarray, x: np.ndarray, theta: np.ndarray):
-    """(loss sums per model, gradient of the sums w.r.t. (W, b), weight sums per model) over one chunk of rows.
+    """(loss sums per model, gradient of the sums w.r.t. (W, b), weight sums per model) over one chunk of raw rows.
 
-    Float32 matrix products; the loss and the per-row derivatives in float64 (they are rows x outputs, small)."""
-    w, b = problem.unpack(theta)
-    z = standardised(x, problem.mean, problem.scale)
-    f = chunk_logits(z, w, b).astype(np.float64)
+    Two float32 matrix products on the rows as stored (the standardisation is folded into the weights and out of
+    the gradient); the loss and the per-row derivatives in float64 (they are rows x outputs, small)."""
+    a, c = on_raw_rows(problem, theta)
+    f = chunk_logits(x, a, c).astype(np.float64)
     k, m = problem.outputs, problem.models
     f = f.reshape(len(x), m, k)
     y = problem.y[positions]
@@ -107,9 +108,10 @@ def chunk_sums(problem: LinearProblem, positions: np.ndarray, x: np.ndarray, the
             loss = (slack ** 2).sum(axis=2)
             r = -2.0 * s * slack
     r *= sw[:, :, None]
-    r32 = r.reshape(len(x), m * k).astype(np.float32)
-    grad_w = (r32.T @ z).astype(np.float64)
-    grad_b = r.reshape(len(x), m * k).sum(axis=0)
+    r = r.reshape(len(x), m * k)
+    grad_b = r.sum(axis=0)
+    # d/dW of z @ W.T with z = (x - mean) / scale: (r.T @ x - grad_b * mean) / scale
+    grad_w = ((r.astype(np.float32).T @ x).astype(np.float64) - np.outer(grad_b, problem.mean)) / problem.scale
     return (loss * sw).sum(axis=0), np.hstack([grad_w, grad_b[:, None]]), sw.sum(axis=0)
 
 
