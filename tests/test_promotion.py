@@ -130,3 +130,38 @@ def test_a_champion_without_its_model_is_a_one_line_error(tmp_path):
     _candidate(paths, ["cat", "dog"], "b")
     with pytest.raises(UserError, match=r"the champion v0001 has no model.onnx .*dvc checkout models/registry.dvc"):
         promote(paths, params, {"f1_macro": 0.5}, {"reason": "b"}, test_keys=["b"])
+
+
+def test_a_pointer_file_dvc_left_half_written_is_written_anew_and_the_promotion_recorded(tmp_path, capfd):
+    import functools
+    import sys
+
+    from flows.dvc_sync import dvc_command, record_promotion
+    from tests.conftest import run
+
+    paths, params = ProjectPaths(tmp_path), Params()
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "config", "user.email", "test@example.invalid"], tmp_path)
+    run(["git", "config", "user.name", "test"], tmp_path)
+    run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path)
+    _candidate(paths, ["cat", "dog"], "a")
+    (paths.models / "registry.dvc").write_text("outs:\n- md5: 5474db30ceb2\n  si")  # `dvc add` killed mid-write
+    promote(paths, params, {"f1_macro": 0.5}, {"reason": "a"}, test_keys=["a"],
+            recorder=functools.partial(record_promotion, tmp_path))
+    assert "models/registry.dvc was half-written" in capfd.readouterr().err
+    assert dvc_command(tmp_path, "status", "--json", "models/registry.dvc", "models/serving.dvc").strip() == "{}"
+    assert run(["git", "log", "-1", "--format=%s"], tmp_path).stdout.strip() == "headstart: promote v0001"
+    assert not run(["git", "status", "--porcelain", "--", "models/registry.dvc"], tmp_path).stdout.strip()
+
+
+def test_published_folders_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    paths, params = ProjectPaths(tmp_path), Params()
+    _candidate(paths, ["cat", "dog"], "a")
+    promote(paths, params, {"f1_macro": 0.5}, {"reason": "a"}, test_keys=["a"])
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in (paths.models / "registry" / "v0001", serving_dir(paths) / params.export.triton_name):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, folder  # a server of another user reads them

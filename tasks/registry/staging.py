@@ -24,6 +24,8 @@ from tasks.core.paths import ProjectPaths
 from tasks.registry.layout import ARTIFACTS
 
 CRASH_ENV = "HEADSTART_CRASH_AT"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def crash_point(phase: str) -> None:
@@ -39,9 +41,12 @@ def staging_dir(paths: ProjectPaths) -> Path:
 
 
 def new_staging_folder(paths: ProjectPaths, prefix: str) -> Path:
-    """A fresh, empty folder in the staging area."""
+    """A fresh, empty folder in the staging area, with a normal folder's permissions (it may be renamed into the
+    deploy repository, which a server running as another user reads)."""
     staging_dir(paths).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}.", dir=staging_dir(paths)))
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}.", dir=staging_dir(paths)))
+    os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    return folder
 
 
 def wipe_staging(paths: ProjectPaths) -> int:
