@@ -39,12 +39,13 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
+from tasks.evaluation.cached_scoring import why_rows_differ
 from tasks.evaluation.parity import ParityReport, Probs, backbone_graph_then_head, compare, torch_probs
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.feature_store import open_store
 from tasks.extraction.fingerprint import feature_recipe
 from tasks.modality.registry import modality_for
-from tasks.modality.samples import parity_samples, split_samples
+from tasks.modality.samples import parity_samples_and_rows, split_samples
 from tasks.modality.shipped_model import shipped_state
 from tasks.model.finetune_record import finetune_summary
 from tasks.model.head_format import Head
@@ -127,8 +128,20 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str], modal
     return report
 
 
-def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
-                  samples: np.ndarray) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
+def in_order(probs: np.ndarray) -> Probs:
+    """A reference that answers consecutive chunks of the samples with the matching consecutive rows of `probs`
+    (`compare` runs the samples in order, in `parity_chunks`)."""
+    at = [0]
+
+    def reference(chunk: np.ndarray) -> np.ndarray:
+        out = probs[at[0]:at[0] + len(chunk)]
+        at[0] += len(chunk)
+        return out
+
+    return reference
+
+
+def _frozen_graph(params: Params, paths: ProjectPaths, head: Head, samples: np.ndarray, rows) -> tuple[onnx.ModelProto, dict, tuple[Probs, str]]:
     """The store's checked backbone graph + the head, composed with onnx; its metadata; its parity reference."""
     store = open_store(params, paths)
     head.require_features(store.fingerprint, paths.head)
@@ -139,6 +152,13 @@ def _frozen_graph(params: Params, paths: ProjectPaths, head: Head,
     meta = {"headstart.backbone_graph": json.dumps({
         "sha256": record["sha256"], "fingerprint": store.fingerprint,
         "vs_torch": {k: record[k] for k in ("images", "max_abs_diff", "tolerance", "torch", "onnxruntime")}})}
+    keys = rows["sha256"].tolist()
+    if why_rows_differ(store, keys, record["sha256"], modality_for(params.backbone)) == "":
+        # the rows are what this very graph computed from these files: the head on them is the reference, and the
+        # backbone need not run a second time (a head change then costs one run of the candidate, not two)
+        reference = in_order(head.probs(store.get(keys)))
+        return proto, meta, (reference, "the head in numpy on the rows the store's backbone graph computed from "
+                                        "these samples")
     reference = backbone_graph_then_head(backbone, head, params.features.threads)
     return proto, meta, (reference, "the store's backbone graph + the head in numpy")
 
@@ -156,10 +176,10 @@ def _torch_graph(params: Params, modality: Modality, head: Head, state: dict,
 def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: Path,
                      modality: Modality) -> ParityReport:
     """Build the graph for what ships into `staging`, with metadata, checked by onnx and by its parity gate."""
-    samples = parity_samples(params, paths)
+    samples, rows = parity_samples_and_rows(params, paths)
     state = shipped_state(paths)
     if state is None:
-        proto, meta, (reference, what) = _frozen_graph(params, paths, head, samples)
+        proto, meta, (reference, what) = _frozen_graph(params, paths, head, samples, rows)
     else:
         proto, meta, (reference, what) = _torch_graph(params, modality, head, state, staging)
     for key, value in (model_metadata(params, head, paths, modality) | meta).items():

@@ -43,16 +43,25 @@ def why_not_cached(clf: OnnxClassifier, paths: ProjectPaths, keys: list[str]) ->
     record = store.graph_record()
     if record is None or record["sha256"] != made["sha256"]:
         return None, f"the store's backbone graph is not the one in the model (sha256 {made['sha256'][:12]})"
+    why = why_rows_differ(store, keys, made["sha256"], clf.modality)
+    return (None, why) if why else (store, "")
+
+
+def why_rows_differ(store: FeatureStore, keys: list[str], graph_sha256: str, modality) -> str:
+    """"" when every cached row of `keys` was computed by ONNX Runtime of the running version with the graph of
+    `graph_sha256` and the running decoder (so they are what that graph computes from the files today), else why not."""
+    import onnxruntime
+
     missing = store.missing(keys)
     if missing:
-        return None, f"{len(missing)} {clf.modality.noun} have no cached features"
-    wanted = {"engine": "onnxruntime", "engine_version": onnxruntime.__version__, "graph_sha256": made["sha256"],
-              "decoder": clf.modality.decoder()}
+        return f"{len(missing)} {modality.noun} have no cached features"
+    wanted = {"engine": "onnxruntime", "engine_version": onnxruntime.__version__, "graph_sha256": graph_sha256,
+              "decoder": modality.decoder()}
     for p in store.provenance_for(keys):
         differs = [k for k, v in wanted.items() if p.get(k) != v]
         if differs:
-            return None, f"some cached rows were computed with another {differs[0]} ({p.get(differs[0])})"
-    return store, ""
+            return f"some cached rows were computed with another {differs[0]} ({p.get(differs[0])})"
+    return ""
 
 
 def _head_session(clf: OnnxClassifier):

@@ -1,7 +1,8 @@
 """Parity gates: a candidate ONNX classifier against a reference computation on the same real samples.
 
-The reference is torch eager for a graph torch exported (a fine-tuned backbone), and the store's checked backbone
-graph followed by the head in numpy (float64) for a graph composed with `onnx` (a frozen backbone): that backbone
+The reference is torch eager for a graph torch exported (a fine-tuned backbone). For a graph composed with `onnx` (a
+frozen backbone) it is the head in numpy (float64) on the cached rows of the samples when their provenance proves the
+store's backbone graph computed them (tasks.export), else that graph run again followed by the head: the backbone
 graph itself was compared with torch when it was made (`tasks.extraction.backbone_graph`).
 """
 
