@@ -26,7 +26,7 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
-from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.dataset.manifest import split_keys_and_labels
 from tasks.extraction.feature_store import open_store
 from tasks.model.head_format import Head
 from tasks.training.chunk_sums import LocalSums
@@ -48,11 +48,10 @@ class HeadSummary:
 
 def split_feature_rows(params: Params, paths: ProjectPaths, split: str, cache_bytes: int = 0):
     """(FeatureRows, labels, fingerprint) of one split: index sets over the store's shards, nothing read yet."""
-    rows = split_rows(read_manifest(paths), split)
+    keys, labels = split_keys_and_labels(paths, split)
     store = open_store(params, paths)
     store.check_recipe(params)
-    features = FeatureRows.from_store(store, rows["sha256"].tolist(), CHUNK_BYTES, cache_bytes)
-    return features, rows["label"].astype(str).to_numpy(), store.fingerprint
+    return FeatureRows.from_store(store, keys, CHUNK_BYTES, cache_bytes), labels, store.fingerprint
 
 
 def accuracy(head: Head, rows: FeatureRows, labels: np.ndarray) -> float | None:

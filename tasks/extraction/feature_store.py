@@ -41,9 +41,8 @@ class FeatureStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         if recipe is not None and not (self.dir / "recipe.json").exists():
             atomic_write_text(self.dir / "recipe.json", json.dumps(recipe, indent=2, sort_keys=True))
-        self._index: dict[str, tuple[int, int]] = {}
+        self._index_dict: dict[str, tuple[int, int]] | None = None  # built on first use (`_index`)
         self._shards: dict[int, np.ndarray] = {}
-        self._load_index()
 
     def _shard_path(self, sid: int) -> Path:
         return self.dir / f"shard-{sid:06d}.npy"
@@ -115,12 +114,18 @@ class FeatureStore:
         for sid, keys in self._committed_shards():
             yield keys, self._shard(sid)
 
+    @property
+    def _index(self) -> dict[str, tuple[int, int]]:
+        if self._index_dict is None:
+            self._load_index()
+        return self._index_dict
+
     def _load_index(self) -> None:
-        self._index.clear()
+        self._index_dict = {}
         self._shards.clear()
         for sid, keys in self._committed_shards():
             for row, key in enumerate(keys):
-                self._index.setdefault(key, (sid, row))
+                self._index_dict.setdefault(key, (sid, row))
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -167,18 +172,37 @@ class FeatureStore:
             out[idx] = self._shard(sid)[rows]
         return out
 
-    def locate(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(shard id, row) of each key, in order, without reading any rows. A key with no row is a one-line
-        UserError that names the shard file that should hold it when that file is gone."""
-        absent = [k for k in keys if k not in self._index]
-        if absent:
+    def key_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted keys as 64-byte strings, their shard ids, their rows): the index as three flat arrays, about 72
+        bytes a row (a dict of Python strings costs several times that; at a million rows it is what a head's
+        memory would grow by)."""
+        keys, sids, rows = [], [], []
+        for sid, shard_keys in self._committed_shards():
+            keys.append(np.array(shard_keys, dtype="S64"))
+            sids.append(np.full(len(shard_keys), sid, np.int32))
+            rows.append(np.arange(len(shard_keys), dtype=np.int32))
+        if not keys:
+            return np.zeros(0, "S64"), np.zeros(0, np.int32), np.zeros(0, np.int32)
+        keys, sids, rows = np.concatenate(keys), np.concatenate(sids), np.concatenate(rows)
+        order = np.argsort(keys, kind="stable")  # stable: a key in two shards resolves to the first, as `_index`
+        return keys[order], sids[order], rows[order]
+
+    def locate(self, keys) -> tuple[np.ndarray, np.ndarray]:
+        """(shard id, row) of each key (a list of str, or an array of 64-byte strings), in order, without reading
+        any rows or building the dict index. A key with no row is a one-line UserError that names the shard file
+        that should hold it when that file is gone."""
+        wanted = np.asarray(keys, dtype="S64")
+        table, sids, rows = self.key_table()
+        at = np.minimum(np.searchsorted(table, wanted, side="left"), max(len(table) - 1, 0))
+        found = (table[at] == wanted) if len(table) else np.zeros(len(wanted), bool)
+        if not found.all():
+            absent = [k.decode() for k in wanted[~found]]
             lost = [keys_file.name.replace(".keys.json", ".npy") for keys_file in self.dir.glob("shard-*.keys.json")
                     if not keys_file.with_name(keys_file.name.replace(".keys.json", ".npy")).exists()]
             where = f"; {lost[0]} is missing (its keys file is there)" if lost else ""
             raise UserError(f"feature store {self.dir}: {len(absent)} sample(s) have no features "
                             f"(e.g. sha256 {absent[0][:12]}){where}; run the features stage to compute them")
-        pairs = np.array([self._index[k] for k in keys], dtype=np.int64).reshape(-1, 2)
-        return pairs[:, 0], pairs[:, 1]
+        return sids[at].astype(np.int64), rows[at].astype(np.int64)
 
     def shard_file(self, sid: int) -> Path:
         """The .npy file of shard `sid`."""

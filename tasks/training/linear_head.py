@@ -74,7 +74,8 @@ def _fit_linear(sums, labels: np.ndarray, params: Params, fingerprint: str = "")
     t0 = time.perf_counter()
     h = params.head
     classes = sorted({str(c) for c in labels})
-    y = np.searchsorted(classes, labels.astype(str))
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.fromiter((index[str(c)] for c in labels), np.int64, len(labels))
     mean, scale = standardisation(sums, sums.rows.dim, h.standardize)
     problem = LinearProblem(y, row_weights(h, classes, y), mean, scale, len(classes),
                             "squared_hinge" if h.type == "linear_svm" else "logistic")
