@@ -64,8 +64,8 @@ class Transaction:
 def promotion_transaction(paths: ProjectPaths, params: Params, recorder: Recorder | None = None
                           ) -> Iterator[Transaction]:
     """Lock the registry, recover from any interrupted promotion (`recover`, and its pending DVC/git record), then
-    yield; on a normal exit, write this promotion's record (when one is pending) and empty the staging area. On an error the lock is released
-    and whatever was half-done is left for the next promotion to recover."""
+    yield; on a normal exit, write this promotion's record (when one is pending) and empty the staging area. On an
+    error the lock is released and whatever was half-done is left for the next promotion to recover."""
     with registry_lock(paths):
         recover(paths, params)
         complete_record(paths, recorder, interrupted=True)
