@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix
 
 from tasks.core.errors import UserError
 from tasks.core.files import atomic_path, atomic_write_text
@@ -28,6 +27,7 @@ from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.evaluation.cached_scoring import score_cached
+from tasks.evaluation.classification_metrics import confusion_matrix
 from tasks.evaluation.scoring import compute_metrics
 from tasks.extraction.feature_store import open_store
 from tasks.modality.registry import modality_for

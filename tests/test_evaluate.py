@@ -90,3 +90,26 @@ def test_macro_averages_cover_the_classes_present_in_the_split():
     assert metrics["f1_macro"] == pytest.approx((0.8 + 2 / 3) / 2)  # c, with no sample, is not an F1 of 0
     wrong_c = compute_metrics(y, np.array(["a", "c", "b", "b"]), ["a", "b", "c"])[0]
     assert wrong_c["recall_macro"] == pytest.approx(0.75)  # predicting an absent class is still an error
+
+
+def test_the_metrics_are_scikit_learns_without_its_import():
+    from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
+
+    from tasks.evaluation import classification_metrics
+    from tasks.evaluation.scoring import compute_metrics
+
+    rng = np.random.default_rng(0)
+    classes = ["ant", "bee", "cat", "dog"]  # 'dog' absent from the truth; 'eel' predicted but not a class
+    y_true = rng.choice(classes[:3], 300).astype(object)
+    y_pred = rng.choice([*classes, "eel"], 300, p=[0.4, 0.3, 0.2, 0.05, 0.05]).astype(object)
+    headline, per_class = compute_metrics(y_true, y_pred, classes)
+    present = classes[:3]
+    for average in ("macro", "weighted"):
+        expected = precision_recall_fscore_support(y_true, y_pred, labels=present, average=average, zero_division=0)
+        got = [headline[f"{m}_{average}"] for m in ("precision", "recall", "f1")]
+        assert np.allclose(got, expected[:3])
+    report = classification_report(y_true, y_pred, labels=present, output_dict=True, zero_division=0)
+    assert all(np.isclose(per_class[c][k], report[c][k]) for c in present for k in report[c])
+    assert headline["classes_absent"] == ["dog"] and np.isclose(headline["accuracy"], (y_true == y_pred).mean())
+    assert (classification_metrics.confusion_matrix(y_true, y_pred, classes)
+            == confusion_matrix(y_true, y_pred, labels=classes)).all()

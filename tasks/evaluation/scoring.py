@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
 
 from tasks.core.errors import UserError
 from tasks.core.params import Params
@@ -14,25 +13,26 @@ from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import read_manifest, split_rows
+from tasks.evaluation.classification_metrics import averaged, per_label_scores
 from tasks.modality.registry import modality_of_rows
 from tasks.runtime.onnx_classifier import OnnxClassifier
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
-    """(headline metrics, per-class report) computed with scikit-learn.
+    """(headline metrics, per-class report): scikit-learn's definitions (tasks.evaluation.classification_metrics).
 
     Averages cover the classes present in `y_true`: a class with no sample in the evaluated split has no recall to
     measure, and counting it as F1 0 would only drag the macro average down. Predictions of such a class still count
     as errors of the class they were made for. The absent classes are listed under `classes_absent`."""
     seen = set(y_true)
     present = [c for c in classes if c in seen] + sorted(seen - set(classes))
-    out = {"accuracy": float(accuracy_score(y_true, y_pred))}
+    out = {"accuracy": float(np.mean(np.asarray(y_true, dtype=object) == np.asarray(y_pred, dtype=object)))}
+    scores = per_label_scores(y_true, y_pred, present)
     for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg, zero_division=0)
-        out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
+        p, r, f = averaged(scores, avg)
+        out |= {f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f}
     out["classes_absent"] = [c for c in classes if c not in seen]
-    report = classification_report(y_true, y_pred, labels=present, output_dict=True, zero_division=0)
-    per_class = {c: {k: float(v) for k, v in report[c].items()} for c in present}
+    per_class = {c: {k: float(v[i]) for k, v in scores.items()} for i, c in enumerate(present)}
     return out, per_class
 
 
