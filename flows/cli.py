@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from tasks.core.disk_space import disk_full_anywhere
 from tasks.core.errors import UserError, exit_on_user_error
 from tasks.core.params import load_params
 from tasks.core.paths import default_paths
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
             cause = cause.__cause__
         if isinstance(cause, UserError):
             raise cause from None
+        full = disk_full_anywhere(exc, f"headstart {args.command}" if hasattr(args, "command") else "headstart")
+        if full is not None:  # a full disk met by a writer that names its own temp file: one line too
+            raise full from None
         raise
 
 
