@@ -10,8 +10,9 @@ copy number), never holding more than one shard of new rows; the manifest names 
 row's label (val and test stay the source's 6k and 10k). At each size, the head stage with head.C fixed runs as
 dvc.yaml runs it (`python -m tasks.head -S head.C=0.1` in the project, a fresh process): its wall, its peak RSS (the
 process's own ru_maxrss, from wait4) and head.json's fit record (iterations, passes, fit seconds), plus a fresh process
-of this bench (`--child setup`) that only opens what the stage opens (manifest, feature-store index, the split's
-FeatureRows) and reports the RSS after each, to say where memory that grows with N lives.
+of this bench (`--child setup`) that only opens what the stage opens (`tasks.head.split_feature_rows`: the split's
+keys and labels, the feature-store index as sorted arrays, the split's FeatureRows) and reports the RSS and the peak
+after each, to say where memory that grows with N lives.
 
 Targets (issue 24): peak RSS at every size <= 1.1x the 70k figure; wall per train row <= 1.1x the 70k figure.
 1M rows x 1280 float32 is ~5 GB on disk: the free space is checked first and the sizes are capped at what fits with
@@ -54,24 +55,37 @@ def _vm(field: str) -> float:
 
 
 def setup_rss(root: Path) -> dict:
-    """In this fresh process: the RSS after each thing the head stage opens before it fits (MiB)."""
+    """In this fresh process: the RSS after each thing the head stage opens before it fits (MiB), step by step as
+    `tasks.head.split_feature_rows` does it for the train split: the split's keys and labels (pyarrow, column by
+    column), the feature store and its index as sorted arrays (`key_table`, what `locate` builds), the FeatureRows.
+    Each step's peak (VmHWM) too: the index is built from every shard's keys file, which can cost more while it is
+    built than once it is held."""
     import tasks.head  # noqa: F401  (the stage's imports)
     from tasks.core.paths import ProjectPaths
-    from tasks.dataset.manifest import read_manifest, split_rows
+    from tasks.dataset.manifest import split_keys_and_labels
     from tasks.extraction.feature_store import open_store
     from tasks.training.feature_rows import CHUNK_BYTES, FeatureRows
 
     paths = ProjectPaths(root)
     params = stage_params(paths)
-    out = {"imports_mb": _vm("VmRSS")}
-    manifest = read_manifest(paths)
-    out["manifest_mb"] = _vm("VmRSS")
-    train = split_rows(manifest, "train")
+    out = {}
+
+    def probe(name: str) -> None:
+        out[f"{name}_mb"], out[f"{name}_peak_mb"] = _vm("VmRSS"), _vm("VmHWM")
+
+    probe("imports")
+    keys, labels = split_keys_and_labels(paths, "train")
+    probe("manifest")
     store = open_store(params, paths)
-    out["store_index_mb"] = _vm("VmRSS")
-    rows = FeatureRows.from_store(store, train["sha256"].tolist(), CHUNK_BYTES, 0)
-    out["feature_rows_mb"] = _vm("VmRSS")
-    return {"n_manifest": len(manifest), "n_train": rows.n, "shards": len(rows.shards),
+    store.check_recipe(params)
+    table = store.key_table()
+    n_store = len(table[0])
+    probe("store_index")
+    del table  # locate builds it again, and drops it, inside from_store
+    rows = FeatureRows.from_store(store, keys, CHUNK_BYTES, 0)
+    probe("feature_rows")
+    return {"probe": "split_keys_and_labels + key_table", "n_store": n_store, "n_train": rows.n,
+            "shards": len(rows.shards), "keys_bytes": keys.nbytes, "labels": len(labels),
             **{k: round(v, 1) for k, v in out.items()}, "peak_mb": round(_vm("VmHWM"), 1)}
 
 
