@@ -204,3 +204,10 @@ def test_the_mlp_trains_in_mini_batches_streamed_from_the_shards(features, built
     head = fit_mlp(streamed, y, val, yv, params, fp)
     assert streamed.bytes_read - before >= 5 * streamed.n * streamed.dim * 4  # epochs re-read the shards, uncached
     assert head.kind == "mlp" and (_predict(head, xe) == ye).mean() > 0.6
+
+
+def test_a_fit_gives_the_same_bits_every_time_though_two_threads_sum_each_chunk(features):
+    paths, x, y, xe, ye, fp, streamed = features
+    params = project_params(paths, ["head.C=0.3"])
+    heads = [fit_linear(LocalSums(streamed), y, params, fp)[0] for _ in range(2)]
+    assert all((a == b).all() for a, b in zip(heads[0].layers[0], heads[1].layers[0]))
