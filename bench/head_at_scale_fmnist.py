@@ -58,22 +58,38 @@ TARGETS = {"head_fixed_x_features": 0.1, "head_auto_x_features": 0.3, "peak_rss_
 
 # ------------------------------------------------------------------------------------------------ stage processes
 
+# A small Python process that runs the stage and reports its rusage. The stage is not started from the bench itself:
+# CPython starts children with vfork, and Linux's exec then records the parent's high-water RSS as the child's
+# ru_maxrss (setmax_mm_hiwater_rss on the shared mm), so a stage started from a bench that once held 1 GB reports
+# >= 1 GB whatever it used. Started from this launcher (~20 MB), the stage's ru_maxrss is its own.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - t0
+with open(sys.argv[1], "w") as f:
+    json.dump({"seconds": seconds, "code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss,
+               "cpu_s": usage.ru_utime + usage.ru_stime}, f)
+"""
+
+
 def stage_process(name: str, root: Path, overrides: list[str] = (), log: Path | None = None) -> dict:
     """`python -m tasks.<name> -S ...` in the project at `root`, as dvc.yaml runs it: its wall seconds and its peak
-    RSS (the process's own ru_maxrss, from wait4, in MiB). Output goes to `log`. A failing stage raises."""
+    RSS (the process's own ru_maxrss, from wait4 in a small launcher process: see _LAUNCHER, in MiB). Output goes to
+    `log`. A failing stage raises."""
     cmd = [sys.executable, "-m", f"tasks.{name}", *[a for o in overrides for a in ("-S", o)]]
     log = log or root / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    report = log.with_suffix(".rusage.json")
     with open(log, "w", encoding="utf-8") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=root, env=venv_env(), stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_avg_1min_after": round(os.getloadavg()[0], 2)}
+        subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), *cmd], cwd=root, env=venv_env(), stdout=out,
+                       stderr=subprocess.STDOUT, check=True)
+    r = json.loads(report.read_text())
+    if r["code"] != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r['code']}):\n{log.read_text()[-3000:]}")
+    return {"seconds": round(r["seconds"], 2), "peak_rss_mb": round(r["maxrss_kb"] / 1024, 1),
+            "cpu_s": round(r["cpu_s"], 1), "load_avg_1min_after": round(os.getloadavg()[0], 2)}
 
 
 def cached_project(workdir: Path, fraction: float, rebuild: bool = False):
