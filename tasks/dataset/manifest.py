@@ -50,6 +50,7 @@ def split_keys_and_labels(paths: ProjectPaths, split: str) -> tuple[np.ndarray, 
     """(sha256 keys as 64-byte strings, labels) of one split in manifest order, read column by column with pyarrow:
     about 72 bytes a row, where the whole manifest as a DataFrame of Python strings costs several hundred (at a
     million rows, what a head's memory would grow by)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -60,7 +61,12 @@ def split_keys_and_labels(paths: ProjectPaths, split: str) -> tuple[np.ndarray, 
     keys = _as_fixed_bytes(table.column("sha256").combine_chunks(), 64)
     labels = table.column("label").combine_chunks().dictionary_encode()
     names = np.array(labels.dictionary.to_pylist(), dtype=object)
-    return keys, names[labels.indices.to_numpy(zero_copy_only=False)] if len(table) else np.array([], object)
+    labels = names[labels.indices.to_numpy(zero_copy_only=False)] if len(table) else np.array([], object)
+    del table
+    # pyarrow's allocator keeps what the read freed (at 1M rows, ~300 MB held with 0 bytes in use): give it back,
+    # so the head's peak memory is the same at 1M rows as at 70k (bench/RESULTS.md §24)
+    pa.default_memory_pool().release_unused()
+    return keys, labels
 
 
 def _as_fixed_bytes(strings, width: int) -> np.ndarray:
