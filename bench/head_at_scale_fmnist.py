@@ -50,6 +50,7 @@ from pathlib import Path
 from bench._harness import OUT, emit, reply, run_child, scratch_project, stage_params
 from tests.scratch_project import REPO, venv_env
 
+LAUNCHER = Path(__file__).with_name("_rusage_launcher.py")
 QUESTION = "Is a head on cached features cheap next to extracting them (Fashion-MNIST 70k, 64 px)?"
 OVERRIDES = ["backbone.input_size=64"]
 TARGETS = {"head_fixed_x_features": 0.1, "head_auto_x_features": 0.3, "peak_rss_mb": 800.0,
@@ -58,32 +59,16 @@ TARGETS = {"head_fixed_x_features": 0.1, "head_auto_x_features": 0.3, "peak_rss_
 
 # ------------------------------------------------------------------------------------------------ stage processes
 
-# A small Python process that runs the stage and reports its rusage. The stage is not started from the bench itself:
-# CPython starts children with vfork, and Linux's exec then records the parent's high-water RSS as the child's
-# ru_maxrss (setmax_mm_hiwater_rss on the shared mm), so a stage started from a bench that once held 1 GB reports
-# >= 1 GB whatever it used. Started from this launcher (~20 MB), the stage's ru_maxrss is its own.
-_LAUNCHER = """
-import json, os, subprocess, sys, time
-t0 = time.perf_counter()
-proc = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(proc.pid, 0)
-seconds = time.perf_counter() - t0
-with open(sys.argv[1], "w") as f:
-    json.dump({"seconds": seconds, "code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss,
-               "cpu_s": usage.ru_utime + usage.ru_stime}, f)
-"""
-
-
 def stage_process(name: str, root: Path, overrides: list[str] = (), log: Path | None = None) -> dict:
     """`python -m tasks.<name> -S ...` in the project at `root`, as dvc.yaml runs it: its wall seconds and its peak
-    RSS (the process's own ru_maxrss, from wait4 in a small launcher process: see _LAUNCHER, in MiB). Output goes to
-    `log`. A failing stage raises."""
+    RSS in MiB (the process's own ru_maxrss, from wait4 in a small launcher process: bench/_rusage_launcher.py says
+    why). Output goes to `log`. A failing stage raises."""
     cmd = [sys.executable, "-m", f"tasks.{name}", *[a for o in overrides for a in ("-S", o)]]
     log = log or root / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     report = log.with_suffix(".rusage.json")
     with open(log, "w", encoding="utf-8") as out:
-        subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), *cmd], cwd=root, env=venv_env(), stdout=out,
+        subprocess.run([sys.executable, str(LAUNCHER), str(report), *cmd], cwd=root, env=venv_env(), stdout=out,
                        stderr=subprocess.STDOUT, check=True)
     r = json.loads(report.read_text())
     if r["code"] != 0:
