@@ -9,7 +9,7 @@ The result is the same one-layer Head as before: weights on standardised feature
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,7 +36,6 @@ class LinearFit:
     C_scores: dict[str, float] | None = None
     cv_folds: int | None = None
     solver: str = "L-BFGS-B (scipy) on float32 features streamed from the feature store"
-    extra: dict = field(default_factory=dict)
 
 
 def standardisation(sums, dim: int, on: bool) -> tuple[np.ndarray, np.ndarray]:
