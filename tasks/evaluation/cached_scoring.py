@@ -30,7 +30,6 @@ from tasks.runtime.onnx_classifier import OnnxClassifier
 def why_not_cached(clf: OnnxClassifier, paths: ProjectPaths, keys: list[str]) -> tuple[FeatureStore | None, str]:
     """(the store to score from, "") when cached features provably give the classifier's answers for `keys`, else
     (None, the reason they do not)."""
-    import onnxruntime
 
     made = clf.metadata.get("headstart.backbone_graph")
     if not made:
