@@ -20,7 +20,7 @@ import json
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML, YAMLError
@@ -202,8 +202,13 @@ class FinetuneParams(_Section):
     augment: AugmentParams = Field(default_factory=AugmentParams)
     patience: int = Field(3, ge=1, description="stop after this many epochs without a better fine-tuned epoch")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (CUDA if present) | cpu | cuda")
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto (bf16/fp16 on CUDA, off on CPU) | "
-                                                                            "off | bf16 | fp16")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="auto (bf16/fp16 on CUDA; on a CPU with AMX or AVX512-BF16, bf16 where a start-up "
+                            "measurement finds it faster; else off) | off | bf16 (CUDA, or a CPU with AMX or "
+                            "AVX512-BF16) | fp16 (CUDA)")
+    nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="processes (torchrun, DDP): 1 = in this process | N | auto (one per GPU; 1 on CPU); "
+                             "batch_size stays the global batch, each process takes batch_size / N")
     compile: bool = Field(False, description="torch.compile (slow first epoch; pays off on long runs)")
     threads: int = Field(0, ge=0, description="CPU threads; 0 = one per core (or OMP_NUM_THREADS when set); "
                                               "DataLoader-free: no workers competing")
