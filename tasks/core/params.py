@@ -248,6 +248,30 @@ class RetrainParams(_Section):
     push: bool = Field(True, description="dvc push to the default remote after a retrain that changed something")
 
 
+class AuditParams(_Section):
+    """Stage `audit` (tasks/audit.py, docs/data-quality.md): label issues and near-duplicates on cached features."""
+
+    folds: int = Field(5, ge=2, le=20, description="label audit: out-of-fold probabilities from this many stratified "
+                                                   "folds over train+val")
+    C: float = Field(0.1, gt=0.0, description="label audit: the fold heads' inverse regularisation (logistic; its "
+                                              "own key, so that a head.C change does not re-run the audit)")
+    near_duplicate_cosine: float = Field(0.97, gt=0.0, le=1.0, description="two samples whose embeddings' cosine "
+                                         "similarity is at least this are near-duplicates: reported, and kept in one "
+                                         "split by the next ingest")
+
+
+class DriftParams(_Section):
+    """The retrain flow's drift check (tasks/data_quality/drift.py): new samples against the champion's training
+    samples, MMD with a permutation test."""
+
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="new samples have drifted when the test's p-value is "
+                                                           "below this (the false-alarm rate)")
+    permutations: int = Field(1000, ge=19, description="permutations of the test (p-value resolution 1/(this+1))")
+    max_samples: int = Field(1000, ge=10, description="each side subsampled (seeded) to at most this many samples")
+    holds_promotion: bool = Field(True, description="a retrain whose new samples drifted is held, not promoted "
+                                                    "(false: promoted if the gate passes; the verdict still says)")
+
+
 class Params(_Section):
     seed: int = Field(0, description="seeds the splits, random-init weights, head fitting and fine-tuning")
     ingest: IngestParams = Field(default_factory=IngestParams)
@@ -260,6 +284,10 @@ class Params(_Section):
     export: ExportParams = Field(default_factory=ExportParams)
     retrain: RetrainParams = Field(default_factory=RetrainParams, description="flows/retrain.py: scheduled "
                                    "retraining with a champion and a challenger")
+    audit: AuditParams = Field(default_factory=AuditParams, description="stage audit: label issues and "
+                               "near-duplicates (docs/data-quality.md)")
+    drift: DriftParams = Field(default_factory=DriftParams, description="retrain: drift of the new samples "
+                               "(docs/data-quality.md)")
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
