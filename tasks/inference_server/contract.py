@@ -29,6 +29,42 @@ class NotFound(LookupError):
     """An unknown model name or version: answered with 404."""
 
 
+class TooLarge(BadRequest):
+    """A body, message or element over a limit (`tasks.inference_server.limits`): 413, before it is read further."""
+
+
+class UnsupportedEncoding(BadRequest):
+    """A Content-Encoding the server does not inflate: 415."""
+
+
+class SlowBody(BadRequest):
+    """A body that did not arrive within the body timeout: 408."""
+
+
+class Busy(Exception):
+    """More requests in flight than the limit: 503 with Retry-After (gRPC: RESOURCE_EXHAUSTED)."""
+
+
+MAX_MESSAGE = 300
+
+
+def shown(value, limit: int = 40) -> str:
+    """`value` as an error message may quote it: a short repr (reprlib: strings cut to `limit` characters, lists to
+    their first items, never formatted whole), so a client's 3 MB value or 10,000-character name is never echoed."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 2, 8, 8, 4
+    short.maxstring = short.maxother = short.maxlong = limit
+    return " ".join(short.repr(value).split())
+
+
+def one_line(message: str) -> str:
+    """An error message as it goes on the wire: one line of at most MAX_MESSAGE characters."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -68,16 +104,17 @@ class ModelContract:
         max_batch_size (the data's size against the shape is checked when it is decoded)."""
         spec = next((t for t in self.inputs if t.name == name), None)
         if spec is None:
-            raise BadRequest(f"unknown input '{name}'; model '{self.name}' takes "
+            raise BadRequest(f"unknown input {shown(name)}; model '{self.name}' takes "
                              f"{', '.join(t.name for t in self.inputs)}")
         if datatype != spec.datatype:
-            raise BadRequest(f"input '{name}' must be {spec.datatype}, got {datatype}")
+            raise BadRequest(f"input '{name}' must be {spec.datatype}, got {shown(datatype, 12)}")
         try:
             shape = [int(s) for s in shape]
         except (TypeError, ValueError):
-            raise BadRequest(f"input '{name}': shape {shape!r} is not a list of integers") from None
+            raise BadRequest(f"input '{name}': shape {shown(shape)} is not a list of integers") from None
         if len(shape) != len(spec.dims) + 1 or tuple(shape[1:]) != spec.dims:
-            raise BadRequest(f"input '{name}' must have shape [batch, {', '.join(map(str, spec.dims))}], got {shape}")
+            raise BadRequest(f"input '{name}' must have shape [batch, {', '.join(map(str, spec.dims))}], "
+                             f"got {shown(shape)}")
         if not 1 <= shape[0] <= self.max_batch_size:
             raise BadRequest(f"batch of {shape[0]} is outside 1..{self.max_batch_size} (max_batch_size of "
                              f"'{self.name}')")
@@ -85,7 +122,7 @@ class ModelContract:
     def output(self, name: str) -> TensorSpec:
         spec = next((t for t in self.outputs if t.name == name), None)
         if spec is None:
-            raise BadRequest(f"unknown output '{name}'; model '{self.name}' returns "
+            raise BadRequest(f"unknown output {shown(name)}; model '{self.name}' returns "
                              f"{', '.join(t.name for t in self.outputs)}")
         return spec
 

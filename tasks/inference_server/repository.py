@@ -10,6 +10,7 @@ that writes the deploy repository), so their clients keep working while they mov
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,8 @@ import numpy as np
 
 from tasks.core.errors import UserError
 from tasks.core.paths import ProjectPaths
-from tasks.inference_server.contract import ModelContract, NotFound, parse_contract, read_contract
-from tasks.registry.champions import champion_version, registry_dir, serving_dir, version_contract, versions
+from tasks.inference_server.contract import ModelContract, NotFound, parse_contract, read_contract, shown
+from tasks.registry.champions import POINTER, registry_dir, serving_dir, version_contract, version_folders
 from tasks.runtime.onnx_classifier import open_session
 
 
@@ -33,7 +34,17 @@ class ServedVersion:
     session: object = field(repr=False)
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        return self.session.run(outputs, inputs)
+        """The outputs for `inputs`; ONNX Runtime's arena is shrunk back after the run, so one large batch does not
+        keep its activations' memory for the life of the server."""
+        return self.session.run(outputs, inputs, _shrinking_run())
+
+
+def _shrinking_run():
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 @dataclass
@@ -48,13 +59,13 @@ class Snapshot:
     def get(self, name: str, version: str | int | None) -> ServedVersion:
         """The version a request names (the champion when it names none); NotFound otherwise."""
         if name != self.name:
-            raise NotFound(f"unknown model '{name}'; this server serves '{self.name}'")
+            raise NotFound(f"unknown model {shown(name)}; this server serves '{self.name}'")
         if version in (None, "", -1):
             return self.versions[self.champion]
         try:
             number = int(version)
         except (TypeError, ValueError):
-            raise NotFound(f"model '{name}' has no version '{version}'") from None
+            raise NotFound(f"model '{name}' has no version {shown(version, 20)}") from None
         if number not in self.versions:
             raise NotFound(f"model '{name}' has no version {number}; versions: {sorted(self.versions)}")
         return self.versions[number]
@@ -62,7 +73,7 @@ class Snapshot:
 
 def repository_fingerprint(paths: ProjectPaths) -> str:
     """Changes whenever a promotion lands: the champion pointer's content and the deploy folder's identity."""
-    pointer = registry_dir(paths) / "champion.json"
+    pointer = registry_dir(paths) / POINTER
     parts = [pointer.read_text() if pointer.exists() else ""]
     for folder in sorted(serving_dir(paths).glob("*/")) if serving_dir(paths).exists() else []:
         st = folder.stat()
@@ -70,22 +81,32 @@ def repository_fingerprint(paths: ProjectPaths) -> str:
     return "|".join(parts)
 
 
+def pointer_version(text: str) -> int | None:
+    """The champion's version in the pointer's `text` (champion.json), None when there is none yet."""
+    return int(json.loads(text)["version"]) if text.strip() else None
+
+
 def load_snapshot(paths: ProjectPaths, threads: int = 0, previous: Snapshot | None = None) -> Snapshot:
     """Load the deploy repository and the registry's other versions; sessions of unchanged files are reused from
     `previous`. A UserError (one line) when there is no champion yet."""
-    champion = champion_version(paths)
+    # the state this load answers to, read before anything else: a promotion landing while the load runs changes the
+    # repository's fingerprint from this one, so the next reload sees it (reading the fingerprint last would record
+    # the new promotion's pointer beside the old champion, and the next reload would find nothing to do)
+    fingerprint = repository_fingerprint(paths)
+    champion = pointer_version(fingerprint.split("|", 1)[0])
     folders = [f for f in serving_dir(paths).iterdir() if (f / "config.pbtxt").is_file()] \
         if serving_dir(paths).exists() else []
     if champion is None or not folders:
         raise UserError("no champion to serve yet: run `headstart demo` (or `headstart run`), then `headstart promote`")
-    fingerprint = repository_fingerprint(paths)
     # the model folder that holds the champion (one per triton_name; a renamed model leaves its old folder behind)
     model_dir = next((f for f in sorted(folders) if (f / str(champion)).is_dir()), sorted(folders)[0])
     deploy_contract = read_contract(model_dir)
     old = {(v.path.stat().st_ino, v.contract): v for v in (previous.versions.values() if previous else [])
            if v.path.exists()}
     served: dict[int, ServedVersion] = {}
-    for number, folder in versions(paths).items():
+    for number, folder in version_folders(paths).items():
+        if number > champion:  # a version a promotion is publishing right now, not yet committed by the pointer
+            continue
         in_repo = (model_dir / str(number) / "model.onnx").is_file()
         path = model_dir / str(number) / "model.onnx" if in_repo else folder / "model.onnx"
         if not path.is_file():
