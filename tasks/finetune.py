@@ -14,7 +14,10 @@ Every epoch ends with an atomic checkpoint in `models/checkpoints/finetune/` (mo
 RNG states, history, and a key of the settings, head and data). A run that finds a checkpoint with the same key
 continues after its epoch and, on CPU, reaches bitwise the same weights as an uninterrupted run: each epoch's shuffling
 and augmentation are seeded from (seed, epoch), not from whatever ran before. The run itself, step by step, is
-`tasks.training.finetune_run`; this module decides whether one is needed (torch is imported only then).
+`tasks.training.finetune_run`; this module decides whether one is needed (torch is imported only then) and on how
+many processes: with `finetune.nproc` > 1 (or `auto` on a machine with several GPUs) the stage relaunches its run
+under torchrun, DDP (`tasks.training.distributed_launch`), so `python -m tasks.finetune`, `dvc repro`, `headstart
+stage finetune` and the Prefect task all get it. `finetune.batch_size` stays the global batch at any process count.
 
 Outputs in `models/finetune/`: summary.json, history.csv (DVC plots), curves.png, and model.pt (the kept ImageModel
 state dict) when the fine-tuned model was kept. Export and evaluate pick it up from there.
@@ -45,6 +48,11 @@ def run_finetune(params: Params, paths: ProjectPaths | None = None) -> dict:
     if params.backbone.layer != "pooled":
         raise UserError(f"finetune.strategy={p.strategy} needs backbone.layer=pooled (got '{params.backbone.layer}'): "
                         f"an intermediate-layer cut cannot be trained end to end")
+    from tasks.training.distributed_launch import launch, resolve_nproc
+
+    nproc = resolve_nproc(p)
+    if nproc > 1:
+        return launch(params, paths, nproc)
     from tasks.training.finetune_run import train
 
     return train(params, paths)
