@@ -68,6 +68,7 @@ def make_project(dest: Path, raw: Path | None, overrides: list[str] = (), dvc: b
         run([sys.executable, "-m", "dvc", "init", "-q"], dest)
         shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
         shutil.copy(REPO / ".gitignore", dest / ".gitignore")
+        shutil.copy(REPO / ".dvcignore", dest / ".dvcignore")  # bytecode caches under tasks/ are not code changes
         (dest / "models").mkdir(exist_ok=True)
         shutil.copy(REPO / "models" / ".gitignore", dest / "models" / ".gitignore")
     return ProjectPaths(dest)
