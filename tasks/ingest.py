@@ -31,7 +31,14 @@ from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.manifest import MANIFEST_COLUMNS, SPLITS, split_rows
 from tasks.dataset.sources import Candidate, list_candidates, resolve_source
-from tasks.dataset.splits import assign_splits, group_key, warn_classes_missing_splits, warn_collapsed_groups
+from tasks.dataset.splits import (
+    NEAR_DUPLICATES_CSV,
+    assign_splits,
+    group_key,
+    read_near_duplicate_pairs,
+    warn_classes_missing_splits,
+    warn_collapsed_groups,
+)
 from tasks.modality.registry import modality_for, others_than
 
 
@@ -120,8 +127,10 @@ def _require_every_class(good: list[Candidate], seen: list[Candidate], p: Ingest
     return None
 
 
-def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | None) -> pd.DataFrame:
-    """The manifest rows of the usable files, grouped and split; every val/test label must have train rows."""
+def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | None,
+              near_duplicates: list[tuple[str, str]] = ()) -> pd.DataFrame:
+    """The manifest rows of the usable files, grouped (near-duplicates the last audit reported too) and split; every
+    val/test label must have train rows."""
     p = params.ingest
     pattern = re.compile(p.group_pattern) if p.group_pattern else None
     df = pd.DataFrame(
@@ -138,7 +147,7 @@ def _manifest(good: list[Candidate], params: Params, previous: pd.DataFrame | No
         }
     )
     warn_collapsed_groups(df, p)
-    df["split"] = assign_splits(df, p, params.seed, previous)
+    df["split"] = assign_splits(df, p, params.seed, previous, near_duplicates)
     warn_classes_missing_splits(df, p)
     train_labels = set(split_rows(df, "train")["label"])
     for s in ("val", "test"):
@@ -216,7 +225,7 @@ def run_ingest(params: Params, paths: ProjectPaths | None = None) -> IngestSumma
     if missing_class is not None:  # the run stops; rejected.csv says why (the previous manifest stays as it was)
         _write_rejected(rejected, paths)
         raise missing_class
-    df = _manifest(good, params, previous)
+    df = _manifest(good, params, previous, read_near_duplicate_pairs(paths.reports / NEAR_DUPLICATES_CSV))
     _write(df, rejected, paths)
     return _summarise(df, rejected, n_files, time.perf_counter() - t0, paths, modality.noun)
 

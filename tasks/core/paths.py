@@ -40,6 +40,11 @@ class ProjectPaths:
         return self.root / "data" / "features"
 
     @property
+    def reports(self) -> Path:
+        """The audit stage's reports on the data: label issues, near-duplicates (tasks.audit)."""
+        return self.root / "data" / "reports"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

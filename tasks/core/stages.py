@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-STAGES = ("ingest", "features", "head", "finetune", "export", "evaluate")  # dvc.yaml: same stages, same order
+STAGES = ("ingest", "features", "audit", "head", "finetune", "export", "evaluate")  # dvc.yaml: same stages, same order
 
 
 def stage_function(name: str) -> Callable:

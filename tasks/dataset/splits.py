@@ -1,5 +1,15 @@
 """Split assignment: stratified per class, seeded, grouped (variants of one file share a split) and sticky (a file
-or group that was already placed keeps its split when new files arrive)."""
+or group that was already placed keeps its split when new files arrive).
+
+Near-duplicates by embedding (tasks.data_quality.near_duplicates) are grouped too, with one difference: embeddings
+exist only after the features stage, which runs after ingest, so ingest reads the pairs the previous audit stage
+reported (data/reports/near_duplicates.csv, by sha256) and joins each pair, with every file of either one's group, into
+one split. That is the one case where an already placed file moves: a near-duplicate of a training sample is a
+training sample (the model has seen it), so the joined files go to the first of train, val, test that any of them is in,
+unless one of them has an explicit split (a CSV's split column wins). A report is not a DVC dependency of ingest (it
+is written downstream of it: a cycle), so the guard applies on the next ingest: the next `headstart retrain` or `dvc
+repro` with new data, or `python -m tasks.ingest` (docs/data-quality.md).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.core.errors import UserError
 from tasks.core.params import IngestParams
 from tasks.core.progress import log
 from tasks.dataset.manifest import SPLITS
@@ -27,8 +38,70 @@ def group_key(rel: str, pattern: re.Pattern | None) -> str:
     return m.groupdict().get("group") or m.group(0)
 
 
-def assign_splits(df: pd.DataFrame, p: IngestParams, seed: int, previous: pd.DataFrame | None) -> pd.Series:
-    """Split assignment: explicit > previous (by sha256, then by group) > new groups placed by largest deficit."""
+NEAR_DUPLICATES_CSV = "near_duplicates.csv"  # under data/reports/ (ProjectPaths.reports)
+NEAR_DUPLICATE_COLUMNS = ["path_a", "path_b", "cosine", "split_a", "split_b", "label_a", "label_b", "sha256_a",
+                          "sha256_b"]
+
+
+def read_near_duplicate_pairs(report: Path) -> list[tuple[str, str]]:
+    """(sha256, sha256) of each pair in a near-duplicates report; [] when there is none yet. A report without the
+    sha256 columns is a one-line UserError naming it."""
+    if not report.exists():
+        return []
+    table = pd.read_csv(report, usecols=lambda c: c in ("sha256_a", "sha256_b"), dtype=str)
+    if list(table.columns) != ["sha256_a", "sha256_b"]:
+        raise UserError(f"{report}: no sha256_a/sha256_b columns; delete it (the audit stage writes it anew)")
+    return list(zip(table["sha256_a"], table["sha256_b"]))
+
+
+def join_near_duplicates(df: pd.DataFrame, split: list[str], pairs: list[tuple[str, str]]) -> int:
+    """Put each near-duplicate pair, with every file of either one's (label, group), into one split (module
+    docstring: train first, an explicit split wins), in place; returns how many files moved."""
+    if not pairs:
+        return 0
+    row = {sha: i for i, sha in enumerate(df["sha256"])}
+    parent = list(range(len(df)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    touched = set()
+    for a, b in pairs:
+        if a in row and b in row:
+            parent[root(row[a])] = root(row[b])
+            touched.add(row[a])
+    if not touched:
+        return 0
+    first_of_group: dict[tuple[str, str], int] = {}
+    for i, key in enumerate(zip(df["label"], df["group"])):
+        parent[root(i)] = root(first_of_group.setdefault(key, i))
+    members: dict[int, list[int]] = {}
+    for i in range(len(df)):
+        members.setdefault(root(i), []).append(i)
+    explicit = [s if isinstance(s, str) else None for s in df["explicit_split"]]
+    moved = 0
+    for r in {root(i) for i in touched}:
+        rows = members[r]
+        fixed = {explicit[i] for i in rows if explicit[i]}
+        if len(fixed) > 1:
+            log(f"ingest: warning: near-duplicates {', '.join(df['path'].iloc[rows[:3]])} have explicit splits "
+                f"{sorted(fixed)}; left as given")
+            continue
+        target = fixed.pop() if fixed else min((split[i] for i in rows), key=SPLITS.index)
+        for i in rows:
+            if split[i] != target:
+                split[i] = target
+                moved += 1
+    return moved
+
+
+def assign_splits(df: pd.DataFrame, p: IngestParams, seed: int, previous: pd.DataFrame | None,
+                  near_duplicates: list[tuple[str, str]] = ()) -> pd.Series:
+    """Split assignment: explicit > previous (by sha256, then by group) > new groups placed by largest deficit; then
+    each near-duplicate pair (sha256s) joined into one split (`join_near_duplicates`)."""
     labels, groups = df["label"].tolist(), df["group"].tolist()
     split: list[str | None] = [s if isinstance(s, str) else None for s in df["explicit_split"]]
     by_sha: dict[str, str] = {}
@@ -62,6 +135,9 @@ def assign_splits(df: pd.DataFrame, p: IngestParams, seed: int, previous: pd.Dat
             for i in members[label][g]:
                 split[i] = best
             counts[best] += len(members[label][g])
+    moved = join_near_duplicates(df, split, list(near_duplicates))
+    if moved:
+        log(f"ingest: {moved} file(s) moved to the split of a near-duplicate (data/reports/near_duplicates.csv)")
     return pd.Series(split, index=df.index, dtype=object)
 
 

@@ -1,0 +1,1 @@
+"""Data quality on cached features: the label audit, near-duplicates by embedding, and drift of incoming data."""

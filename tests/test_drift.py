@@ -1,0 +1,76 @@
+"""Drift of incoming data (tasks.data_quality.drift): MMD with a permutation test on cached features, real images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tasks.data_quality.drift import mmd_test
+from tasks.data_quality.embeddings import read_embeddings
+from tasks.data_quality.incoming import drift_of_new_samples
+from tasks.dataset.manifest import read_manifest
+from tests.conftest import private_copy
+
+OTHER_CATEGORIES = ("shapes", "signs_and_symbols", "computer")  # openclipart-png categories the demo does not use
+
+
+def test_held_back_samples_of_the_same_data_have_not_drifted(built_project, tmp_path):
+    paths, params, _ = built_project
+    proj = private_copy(paths, tmp_path / "proj")
+    manifest = read_manifest(proj)
+    held_back = manifest.loc[manifest["split"] == "test", "path"].tolist()  # a seeded, stratified part of the data
+    report = drift_of_new_samples(params, proj, held_back)
+    assert report["drifted"] is False and report["holds"] is None
+    assert report["p_value"] >= params.drift.alpha
+    assert report["method"] == "mmd-permutation"
+    assert report["n_new"] == len(held_back) and report["n_reference"] == int((manifest["split"] == "train").sum())
+    assert json.loads((proj.metrics / "drift.json").read_text()) == report
+
+
+def test_the_permutation_p_value_is_seeded_and_sees_a_shift(built_project):
+    paths, params, _ = built_project
+    manifest = read_manifest(paths)
+    x = read_embeddings(params, paths, manifest["sha256"].tolist())
+    labels = manifest["label"].to_numpy()
+    one_class = x[labels == labels[0]]
+    a = mmd_test(x[manifest["split"] == "train"], one_class, 200, seed=1)
+    assert a == mmd_test(x[manifest["split"] == "train"], one_class, 200, seed=1)  # deterministic for a seed
+    assert a["p_value"] < 0.01  # a batch of one class is not the balanced training set (label shift is drift)
+    assert 1 / 201 <= a["p_value"] <= 1
+
+
+def test_images_of_other_categories_have_drifted(built_project, built_copy, tmp_path):
+    """Off-topic images (openclipart categories outside the demo's 7) arrive as new files of a demo class."""
+    from tasks.dataset.clipart_demo import materialise
+    from tasks.features import run_features
+    from tasks.ingest import run_ingest
+
+    _, params, _ = built_project
+    proj = built_copy  # ingest and features write into data/: a full copy
+    other = tmp_path / "other"
+    materialise(other, OTHER_CATEGORIES, per_class=10)
+    new = []
+    for f in sorted(other.rglob("*.png")):
+        dest = proj.raw / "tools" / f"offtopic_{len(new):03d}.png"  # labelled as a demo class, as a careless batch is
+        shutil.copy(f, dest)
+        new.append(dest.relative_to(proj.root).as_posix())
+    run_ingest(params, proj)
+    run_features(params, proj)
+    usable = set(read_manifest(proj)["path"]) & set(new)
+    assert len(usable) >= 20
+    report = drift_of_new_samples(params, proj, new)
+    assert report["drifted"] is True and "drifted" in report["holds"]
+    assert report["p_value"] < params.drift.alpha and report["n_new"] == len(usable)
+    override = params.model_copy(update={"drift": params.drift.model_copy(update={"holds_promotion": False})})
+    assert drift_of_new_samples(override, proj, new)["holds"] is None  # the explicit override
+
+
+def test_too_few_new_samples_are_not_tested(built_project, tmp_path):
+    paths, params, _ = built_project
+    proj = private_copy(paths, tmp_path / "proj")
+    one = read_manifest(proj)["path"].iloc[:1].tolist()
+    report = drift_of_new_samples(params, proj, one)
+    assert report["drifted"] is False and "skipped" in report and report["n_new"] == 1
