@@ -33,14 +33,14 @@ import onnx
 
 from tasks.core.disk_space import disk_full, is_disk_full
 from tasks.core.errors import UserError
-from tasks.core.files import atomic_write_text
+from tasks.core.files import atomic_write_text, sha256_file
 from tasks.core.modality_api import Modality
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths, default_paths
 from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.evaluation.cached_scoring import why_rows_differ
-from tasks.evaluation.parity import ParityReport, Probs, backbone_graph_then_head, compare, torch_probs
+from tasks.evaluation.parity import ParityReport, Probs, backbone_graph_then_head, compare_with_outputs, torch_probs
 from tasks.extraction.backbone_graph import ensure_backbone_graph
 from tasks.extraction.feature_store import open_store
 from tasks.extraction.fingerprint import feature_recipe
@@ -174,8 +174,9 @@ def _torch_graph(params: Params, modality: Modality, head: Head, state: dict,
 
 
 def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: Path,
-                     modality: Modality) -> ParityReport:
-    """Build the graph for what ships into `staging`, with metadata, checked by onnx and by its parity gate."""
+                     modality: Modality) -> tuple[ParityReport, dict]:
+    """Build the graph for what ships into `staging`, with metadata, checked by onnx and by its parity gate; the
+    gate's report and the candidate's own probabilities on the parity samples (keys: their sha256)."""
     samples, rows = parity_samples_and_rows(params, paths)
     state = shipped_state(paths)
     if state is None:
@@ -187,7 +188,8 @@ def _write_candidate(params: Params, paths: ProjectPaths, head: Head, staging: P
     proto.producer_name = "headstart"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(staging))
-    return compare(staging, reference, samples, params.export.parity_tolerance, what)
+    report, probs = compare_with_outputs(staging, reference, samples, params.export.parity_tolerance, what)
+    return report, {"keys": rows["sha256"].tolist(), "probs": probs.tolist()}
 
 
 def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSummary:
@@ -199,7 +201,7 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
     modality = modality_for(params.backbone)
     staging = paths.onnx.with_name(f".{paths.onnx.name}.staging.onnx")
     try:
-        report = _write_candidate(params, paths, head, staging, modality)
+        report, outputs = _write_candidate(params, paths, head, staging, modality)
         if not report.passed:
             raise ExportParityError(
                 f"export parity gate failed on {report.images} samples: max |p_onnx - p_reference| = "
@@ -214,6 +216,10 @@ def run_export(params: Params, paths: ProjectPaths | None = None) -> ExportSumma
         raise disk_full(paths.onnx, exc, written) from None
     finally:
         staging.unlink(missing_ok=True)
+    # the shipped bytes' outputs from the sample files: evaluate's end-to-end check reads them instead of running the
+    # whole graph on the same files again (tasks.evaluation.cached_scoring)
+    atomic_write_text(paths.metrics / "export_parity.json",
+                      json.dumps({"model_sha256": sha256_file(paths.onnx)} | outputs))
     atomic_write_text(paths.labels, "\n".join(head.classes) + "\n")
     int8 = _int8_variant(params, paths, head.classes, modality)
     size_mb = paths.onnx.stat().st_size / 1e6

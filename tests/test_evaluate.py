@@ -51,7 +51,13 @@ def test_cached_scoring_gives_the_same_predictions_as_scoring_every_file(built_c
     cached = run_evaluate(project_params(built_copy), built_copy)
     check = _metrics(built_copy)["end_to_end_check"]
     assert check["images"] == 40 and check["argmax_agree"] and check["max_abs_diff_probs"] <= 1e-4
+    # the whole graph's side is export's own run of these bytes on its parity samples: the files are not run again
+    assert check["whole_graph"] == "export's run of these model bytes on its parity samples"
     preds_cached = (built_copy.plots / "confusion_matrix.csv").read_text()
+    (built_copy.metrics / "export_parity.json").unlink()  # without export's record, evaluate runs the whole graph
+    again = run_evaluate(project_params(built_copy), built_copy)
+    assert _metrics(built_copy)["end_to_end_check"]["whole_graph"] == "the whole graph run on a sample of the test split"
+    assert (built_copy.plots / "confusion_matrix.csv").read_text() == preds_cached and again == cached
     files = run_evaluate(project_params(built_copy, ["evaluate.cached_features=false"]), built_copy)
     assert "from image files" in _metrics(built_copy)["artifact"] and "end_to_end_check" not in _metrics(built_copy)
     assert (built_copy.plots / "confusion_matrix.csv").read_text() == preds_cached  # every prediction the same

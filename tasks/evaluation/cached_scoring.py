@@ -9,7 +9,10 @@ then the whole graph on the image files computes the backbone graph on the same 
 and so are the graph and the runtime), and so the same features as the cached rows: running the classifier's own
 head sub-graph on those rows is the same computation, minus decoding and the backbone. An end-to-end check of the
 whole graph from image files on a sample (`export.parity_images` rows) confirms it on every run, so decoder skew or
-a stale row still shows; if the check disagrees, evaluate scores from image files instead and says why.
+a stale row still shows; if the check disagrees, evaluate scores from image files instead and says why. The whole
+graph's side of that check is export's own run of the shipped bytes on its parity samples
+(models/metrics/export_parity.json, keyed by the model's sha256) when it is there and those samples' rows have the
+same provenance; otherwise evaluate runs the whole graph on a sample of the split it scores.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.core.files import sha256_file
 from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.core.progress import log
@@ -63,6 +67,19 @@ def why_rows_differ(store: FeatureStore, keys: list[str], graph_sha256: str, mod
     return ""
 
 
+def exported_outputs(paths: ProjectPaths, clf: OnnxClassifier) -> tuple[list[str], np.ndarray] | None:
+    """The whole graph's probabilities on export's parity samples (their sha256 keys, probabilities), as export
+    recorded them for these very model bytes; None when there is no such record."""
+    record_file = paths.metrics / "export_parity.json"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not record.get("keys") or record.get("model_sha256") != sha256_file(clf.path):
+        return None
+    return record["keys"], np.asarray(record["probs"], dtype=np.float32)
+
+
 def _head_session(clf: OnnxClassifier):
     import onnx
     import onnxruntime
@@ -84,15 +101,24 @@ def score_cached(params: Params, paths: ProjectPaths, clf: OnnxClassifier,
         return None
     session = _head_session(clf)
     probs = session.run(["probs"], {"features": store.get(keys)})[0]
-    sample = rows.reset_index(drop=True).sort_values("sha256").head(params.export.parity_images)
-    whole = clf.probs_batched(clf.load_rows(sample, paths, params.ingest.max_pixels))
-    diff = float(np.abs(whole - probs[sample.index.to_numpy()]).max())
-    agree = bool((whole.argmax(1) == probs[sample.index.to_numpy()].argmax(1)).all())
-    check = {"images": int(len(sample)), "max_abs_diff_probs": diff, "argmax_agree": agree,
-             "tolerance": params.export.parity_tolerance}
+    graph_sha256 = json.loads(clf.metadata["headstart.backbone_graph"])["sha256"]
+    recorded = exported_outputs(paths, clf)
+    if recorded and not why_rows_differ(store, recorded[0], graph_sha256, clf.modality):
+        sample_keys, whole = recorded
+        head_side = session.run(["probs"], {"features": store.get(sample_keys)})[0]
+        source = "export's run of these model bytes on its parity samples"
+    else:
+        sample = rows.reset_index(drop=True).sort_values("sha256").head(params.export.parity_images)
+        whole = clf.probs_batched(clf.load_rows(sample, paths, params.ingest.max_pixels))
+        head_side = probs[sample.index.to_numpy()]
+        source = f"the whole graph run on a sample of the {params.evaluate.split} split"
+    diff = float(np.abs(whole - head_side).max())
+    agree = bool((whole.argmax(1) == head_side.argmax(1)).all())
+    check = {"images": int(len(whole)), "max_abs_diff_probs": diff, "argmax_agree": agree,
+             "tolerance": params.export.parity_tolerance, "whole_graph": source}
     if diff > params.export.parity_tolerance or not agree:
         log(f"evaluate: warning: the whole graph from {clf.modality.stored_as} disagrees with its head on cached "
-            f"features (max |dp| {diff:.1e} on {len(sample)} samples, argmax agree {agree}): the cache does not "
+            f"features (max |dp| {diff:.1e} on {len(whole)} samples, argmax agree {agree}): the cache does not "
             f"describe these samples; scoring from {clf.modality.stored_as}")
         return None
     return probs, check

@@ -41,18 +41,26 @@ Probs = Callable[[np.ndarray], np.ndarray]
 def compare(candidate: Path, reference: Probs, samples: np.ndarray, tolerance: float, what: str) -> ParityReport:
     """Run the candidate graph (ONNX Runtime) and `reference` on `samples` in `parity_chunks`; compare probabilities
     and argmax."""
+    return compare_with_outputs(candidate, reference, samples, tolerance, what)[0]
+
+
+def compare_with_outputs(candidate: Path, reference: Probs, samples: np.ndarray, tolerance: float,
+                         what: str) -> tuple[ParityReport, np.ndarray]:
+    """`compare`, and the candidate's probabilities for `samples` in their order."""
     from tasks.extraction.engines import OrtEngine
 
     session = OrtEngine(candidate, threads=0).session
     name = session.get_inputs()[0].name
-    sizes, worst, agree = [], 0.0, True
+    sizes, worst, agree, outputs = [], 0.0, True, []
     for chunk in parity_chunks(samples):
         sizes.append(len(chunk))
         got = session.run(["probs"], {name: chunk})[0]
+        outputs.append(got)
         expected = reference(chunk)
         worst = max(worst, float(np.abs(got - expected).max()))
         agree &= bool((got.argmax(1) == expected.argmax(1)).all())
-    return ParityReport(sum(sizes), sizes, worst, agree, tolerance, what)
+    probs = np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+    return ParityReport(sum(sizes), sizes, worst, agree, tolerance, what), probs
 
 
 def torch_probs(params: Params, model) -> Probs:
