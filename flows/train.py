@@ -1,4 +1,5 @@
 """The training flow: ingest -> features -> head -> finetune -> export -> evaluate, then record the run with DVC.
+The run publishes its metrics with intervals as Prefect artifacts (`flows.artifacts`).
 
 Each Prefect task is a thin wrapper over the stage function in `tasks/` (the same functions `dvc repro` runs via
 `python -m tasks.<stage>`). After the stages, `dvc commit` records deps and outs in dvc.lock, so the repository
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
+from flows.artifacts import publish_run_artifacts
 from flows.dvc_sync import dvc_commit
 from tasks.core.params import PARAMS_FILE, load_params, write_overrides
 from tasks.core.paths import ProjectPaths, default_paths
@@ -48,6 +50,7 @@ def train_flow(overrides: list[str] | None = None, root: str | None = None, comm
     results = {}
     for name in STAGES:
         results[name] = STAGE_TASKS[name](params, paths)
+    publish_run_artifacts(paths)  # the metrics with intervals, per-class table, plot links: in the Prefect UI
     if commit:
         dvc_commit(paths.root)
     return results

@@ -4,10 +4,14 @@ When the artifact is a frozen backbone's composed graph whose backbone provably 
 own head sub-graph runs on those features, checked end to end from image files on a sample
 (`tasks.evaluation.cached_scoring`); otherwise every image file runs through the whole graph.
 
-Writes DVC metrics `models/metrics/metrics.json` (numbers only: accuracy; macro and weighted F1, precision, recall; n),
-`models/metrics/evaluation.json` (what was scored and how: split, artifact, end-to-end check, classes absent),
-`models/metrics/per_class.json`, and DVC plots `models/plots/confusion_matrix.csv` (actual,predicted rows) plus a
-rendered `models/plots/confusion_matrix.png` (DVC's HTML plots need a CDN; a PNG does not).
+Writes DVC metrics `models/metrics/metrics.json` (numbers only: accuracy; macro and weighted F1, precision, recall,
+each with its 95 % interval `<metric>_ci_low`/`_ci_high` (`tasks.evaluation.intervals`: Wilson for accuracy, a seeded
+stratified bootstrap for the rest); n; the expected calibration error `ece`), `models/metrics/evaluation.json` (what
+was scored and how: split, artifact, end-to-end check, classes absent), `models/metrics/per_class.json` (with
+intervals), and DVC plots (`tasks.evaluation.plots`): `models/plots/confusion_matrix.csv` (actual,predicted rows),
+`reliability.csv`, `per_class_f1.csv`, `top_losses.csv`, each with a rendered PNG (DVC's HTML plots need a CDN; a PNG
+does not): the normalised confusion matrix, the reliability diagram, per-class F1 with intervals, the top-loss gallery
+(a table picture for texts).
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.evaluation.cached_scoring import score_cached
 from tasks.evaluation.classification_metrics import confusion_matrix
+from tasks.evaluation.intervals import metric_intervals
+from tasks.evaluation.plots import (
+    per_class_f1_table,
+    plot_confusion,
+    plot_per_class_f1,
+    plot_reliability,
+    plot_top_losses,
+    reliability,
+    top_losses,
+)
 from tasks.evaluation.scoring import compute_metrics
 from tasks.extraction.feature_store import open_store
 from tasks.modality.registry import modality_for
@@ -53,31 +67,6 @@ class EvaluateSummary:
     confusion_png: str
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], title: str, dest) -> None:
-    """Render a row-normalised confusion matrix with counts to PNG, atomically."""
-    from matplotlib.figure import Figure  # not pyplot: no GUI backend machinery, ~0.5 s less to import
-
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(classes)
-    fig = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.65 * n), dpi=110)
-    ax = fig.subplots()
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title, fontsize=10)
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of actual class")
-    fig.tight_layout()
-    with atomic_path(dest, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-
-
 def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str) -> tuple[np.ndarray, str, dict]:
     """Probabilities of `rows` from the chosen artifact, a description of what was scored and how it was checked."""
     if artifact == "head":
@@ -98,6 +87,22 @@ def _score(params: Params, paths: ProjectPaths, rows, head: Head, artifact: str)
                            f"{check['max_abs_diff_probs']:.1e})"), check
     samples = clf.load_rows(rows, paths, params.ingest.max_pixels)
     return clf.probs_batched(samples), f"{rel} via ONNX Runtime from {clf.modality.stored_as}", {}
+
+
+def _write_pictures(paths: ProjectPaths, split: str, rows, probs: np.ndarray, classes: list[str], per_class: dict,
+                    curve: pd.DataFrame, ece: float) -> None:
+    """The reliability diagram, per-class F1 with intervals and the top losses: each a CSV DVC plots and a PNG."""
+    for name, table in (("reliability", curve), ("per_class_f1", per_class_f1_table(per_class)),
+                        ("top_losses", top_losses(rows, probs, classes))):
+        with atomic_path(paths.plots / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        if name == "reliability":
+            plot_reliability(table, ece, f"{split} (n={len(rows)})", paths.plots / "reliability.png")
+        elif name == "per_class_f1":
+            plot_per_class_f1(table, f"{split}: F1 per class, 95 % stratified bootstrap", paths.plots / f"{name}.png")
+        else:
+            plot_top_losses(table, paths.root, f"{split}: the {len(table)} highest losses (-ln p(given label))",
+                            paths.plots / f"{name}.png")
 
 
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
@@ -128,7 +133,14 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
         log(f"evaluate: warning: class(es) {', '.join(metrics['classes_absent'])} have no image in the {split} split: "
             f"averages cover the {len(per_class)} classes present; add {split} samples of them to score them")
     how = {"split": split, "artifact": scored, "classes_absent": metrics.pop("classes_absent")}
-    metrics = {k: metrics[k] for k in HEADLINE} | {"n": int(len(y))}
+    intervals, class_intervals = metric_intervals(y, pred, head.classes, seed=params.seed)
+    for c, ci in class_intervals.items():
+        per_class[c] |= ci
+    # each metric, then its interval: `dvc metrics show` / `dvc exp show` list them side by side
+    metrics = {k: v for m in HEADLINE for k, v in ((m, metrics[m]), (f"{m}_ci_low", intervals[f"{m}_ci_low"]),
+                                                   (f"{m}_ci_high", intervals[f"{m}_ci_high"]))}
+    curve, ece = reliability(probs, pred == y)
+    metrics |= {"n": int(len(y)), "ece": ece}
     if end_to_end:
         how["end_to_end_check"] = end_to_end
     int8_path = paths.models / "int8" / "model.onnx"
@@ -147,6 +159,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     png = paths.plots / "confusion_matrix.png"
     plot_confusion(cm, head.classes, f"{split}: accuracy {metrics['accuracy']:.3f}, macro F1 "
                                      f"{metrics['f1_macro']:.3f} (n={len(y)})", png)
+    _write_pictures(paths, split, rows, probs, head.classes, per_class, curve, ece)
     write_model_card(params, paths, manifest, metrics | how, per_class)
     int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
     log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "

@@ -119,3 +119,34 @@ def test_the_metrics_are_scikit_learns_without_its_import():
     assert headline["classes_absent"] == ["dog"] and np.isclose(headline["accuracy"], (y_true == y_pred).mean())
     assert (classification_metrics.confusion_matrix(y_true, y_pred, classes)
             == confusion_matrix(y_true, y_pred, labels=classes)).all()
+
+
+def test_the_pictures_their_tables_and_the_card_show_the_intervals(modality_project):
+    """Evaluate's pictures (normalised confusion matrix, reliability diagram, per-class F1 with intervals, top losses)
+    are PNGs beside the tables DVC plots; the tables agree with the metrics; the card shows intervals and pictures."""
+    import pandas as pd
+
+    paths, _, _ = modality_project
+    metrics = json.loads((paths.metrics / "metrics.json").read_text())
+    per_class = json.loads((paths.metrics / "per_class.json").read_text())
+    for name in ("confusion_matrix", "reliability", "per_class_f1", "top_losses"):
+        assert (paths.plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    curve = pd.read_csv(paths.plots / "reliability.csv")
+    assert curve["count"].sum() == metrics["n"]
+    ece = (curve["count"] / metrics["n"] * (curve["accuracy"] - curve["confidence"]).abs()).sum()
+    assert ece == pytest.approx(metrics["ece"])
+    f1 = pd.read_csv(paths.plots / "per_class_f1.csv").set_index("class")
+    assert all(f1.loc[c, "ci_low"] <= f1.loc[c, "f1"] == pytest.approx(v["f1-score"]) <= f1.loc[c, "ci_high"]
+               for c, v in per_class.items())
+    losses = pd.read_csv(paths.plots / "top_losses.csv")
+    assert 0 < len(losses) <= 16 and losses["loss"].is_monotonic_decreasing
+    assert np.allclose(losses["loss"], -np.log(losses["p_given"].clip(1e-12)), atol=1e-5)
+    if "excerpt" in losses:  # texts: a table with each text's beginning
+        assert losses["excerpt"].str.len().gt(0).all()
+    else:  # images: the gallery's thumbnails come from the files
+        assert all((paths.root / p).exists() for p in losses["path"])
+    card = (paths.models / "MODEL_CARD.md").read_text()
+    acc = f"accuracy {metrics['accuracy']:.3f} [{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}]"
+    assert acc in card and "## Pictures" in card and "Highest losses" in card
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", card):
+        assert (paths.models / link).exists(), link

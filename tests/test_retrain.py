@@ -26,7 +26,7 @@ def retrain_project(tmp_path_factory, clipart_raw):
             dest = (src if i < 36 else later) / c / f.relative_to(clipart_raw / c)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, dest)
-    paths = make_project(base / "proj", src, ["retrain.tolerance=0.05"], dvc=True)
+    paths = make_project(base / "proj", src, ["retrain.margin=0.05"], dvc=True)
     run(["git", "add", "-A"], paths.root)
     run(["git", "commit", "-qm", "project"], paths.root)
     return paths, later
@@ -58,6 +58,17 @@ def _poison(clipart_raw, dest_root) -> None:
             img.convert("RGBA").save(dest_root / "food" / f"recoded_{i:03d}.png", compress_level=1)
 
 
+def _artifacts(flow_run_id) -> dict:
+    """The artifacts a flow run published, by key, read back through the Prefect client (as the UI shows them)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
 @pytest.mark.slow
 def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
     from flows.retrain import retrain_flow
@@ -67,6 +78,17 @@ def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
     root = str(paths.root)
     first = retrain_flow(root=root)
     assert first["action"] == "promoted" and first["champion_version"] == 1
+    shown = _artifacts(first["flow_run_id"])  # what the Prefect UI shows for this run
+    assert set(shown) == {"headstart-metrics", "headstart-per-class", "headstart-verdict"}
+    metrics = json.loads((paths.metrics / "metrics.json").read_text())
+    assert (f"| accuracy | {metrics['accuracy']:.3f} [{metrics['accuracy_ci_low']:.3f}, "
+            f"{metrics['accuracy_ci_high']:.3f}] |") in shown["headstart-metrics"].data
+    assert "reliability.png" in shown["headstart-metrics"].data
+    for report in sorted((paths.root / "data" / "reports").glob("*.csv")):  # the data checks' counts, when they ran
+        assert f"`data/reports/{report.name}`" in shown["headstart-metrics"].data
+    assert "# Gate: promoted" in shown["headstart-verdict"].data and "no champion" in first["reason"]
+    per_class = json.loads(shown["headstart-per-class"].data)
+    assert {row["class"] for row in per_class} == set(CLASSES) and all("f1-score_ci_low" in r for r in per_class)
     assert json.loads((paths.models / "registry" / "champion.json").read_text()) == {"version": 1}
     assert champion_model(paths).read_bytes() == paths.onnx.read_bytes()
     assert (paths.models / "registry" / "v0001" / "MODEL_CARD.md").exists()
@@ -78,7 +100,9 @@ def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
     assert log.strip() == "headstart: promote v0001"  # the pointer reached git: a clone + dvc pull finds it
 
     # nothing new: the flow says so and does nothing else
-    assert retrain_flow(root=root) == {"action": "nothing-new", "champion_version": 1}
+    nothing = retrain_flow(root=root)
+    assert {k: nothing[k] for k in ("action", "champion_version")} == {"action": "nothing-new", "champion_version": 1}
+    assert "nothing new" in _artifacts(nothing["flow_run_id"])["headstart-verdict"].data
     first_keys = set(pd.read_parquet(paths.manifest)["sha256"])
     holdout_v1 = holdout_keys(paths)
 
@@ -94,18 +118,26 @@ def test_retrain_lifecycle(retrain_project, prefect_harness, clipart_raw):
     usable_new = manifest["path"].str.contains("|".join(CLASSES)) & ~manifest["sha256"].isin(first_keys)
     assert second["changes"]["new"] == n_new
     assert second["extracted"] == int(usable_new.sum()) > 0  # only the new images (minus rejected ones) ran
-    assert second["action"] == "promoted" and second["champion_version"] == 2
+    assert second["action"] == "promoted" and second["champion_version"] == 2, second["reason"]
+    for view in ("test", "holdout"):  # paired on the same samples: difference, its interval and n in the verdict
+        c = second["comparison"][view]
+        assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["n"] > 0 and c["ci_high"] >= -0.05
+    shown = _artifacts(second["flow_run_id"])
+    assert "headstart-comparison" in shown and "trusted hold-out" in second["reason"]
+    assert f"difference {second['comparison']['holdout']['difference']:+.4f}" in second["reason"]
     assert sorted(p.name for p in (serving_dir(paths) / "headstart").iterdir() if p.is_dir()) == ["1", "2"]
     assert holdout_keys(paths) >= holdout_v1  # the hold-out never shrinks: every promoted test split is in it
 
     # a poisoned batch that wins on the (poisoned) current test split: the hold-out alone rejects it, and not one
     # deployable file changes
-    write_overrides(["retrain.tolerance=0.0"], paths.root / "params.yaml")
+    write_overrides(["retrain.margin=0.0"], paths.root / "params.yaml")
     before = _deploy_tree(paths)
     _poison(clipart_raw, paths.raw)
     third = retrain_flow(root=root)
     scores, metric = third["scores"], "f1_macro"
     assert third["action"] == "rejected", third["reason"]
+    assert third["comparison"]["holdout"]["ci_high"] < 0 and "hold-out" in third["rule"]
+    assert "# Gate: rejected" in _artifacts(third["flow_run_id"])["headstart-verdict"].data
     assert scores["challenger"][metric] >= scores["champion"][metric], third["reason"]  # wins on the current split
     assert scores["challenger_holdout"][metric] < scores["champion_holdout"][metric]  # loses on the hold-out
     assert third["champion_version"] == 2 and _deploy_tree(paths) == before

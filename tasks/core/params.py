@@ -243,9 +243,19 @@ class ExportParams(_Section):
 class RetrainParams(_Section):
     metric: Literal["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"] = Field(
         "f1_macro", description="compared on the same current test split")
-    tolerance: float = Field(0.0, ge=0.0, le=1.0, description="promote unless the challenger is worse than the "
-                                                              "champion by more than this")
+    margin: float = Field(0.0, ge=0.0, le=1.0, description="reject only a challenger worse than the champion by "
+                          "more than this beyond the noise: the paired 95 % interval of (challenger - champion) "
+                          "lies wholly below -margin (docs/retrain.md)")
     push: bool = Field(True, description="dvc push to the default remote after a retrain that changed something")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tolerance_is_now_margin(cls, data):
+        # issue 29: the gate compares paired intervals, not two points; an old params.yaml gets told what changed
+        if isinstance(data, dict) and "tolerance" in data:
+            raise ValueError("retrain.tolerance is now retrain.margin: the challenger is rejected only when the 95 % "
+                             "interval of its difference from the champion lies below -margin (docs/retrain.md)")
+        return data
 
 
 class AuditParams(_Section):

@@ -37,11 +37,14 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) 
 
 
 def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, split: str | None = None,
-                 subsets: dict[str, set[str]] | None = None) -> dict[str, dict[str, dict]]:
+                 subsets: dict[str, set[str]] | None = None,
+                 predictions: dict | None = None) -> dict[str, dict[str, dict]]:
     """Headline metrics of exported ONNX models on a split of the current manifest, through ONNX Runtime from the
     split's samples, read once per input size for all models of the split's modality. `subsets` name extra views (rows whose sha256 is in the set);
     the view "all" is the whole split. Labels a model does not know count as errors (a model that lacks a new class
-    pays for it). Returns {model name: {view: metrics}}."""
+    pays for it). Returns {model name: {view: metrics}}. A `predictions` dict passed in is filled with what the
+    metrics were computed from, for paired comparisons: {"labels": the true labels (split order), "views": {view:
+    boolean mask}, "predicted": {model name: predicted labels}}."""
     split = split or params.evaluate.split
     rows = split_rows(read_manifest(paths), split)
     if not len(rows):
@@ -55,6 +58,8 @@ def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, s
     arrays = {key: c.load_rows(rows, paths, params.ingest.max_pixels, hashes) for key, c in readers.items()}
     y = rows["label"].to_numpy()
     out: dict[str, dict[str, dict]] = {}
+    if predictions is not None:
+        predictions |= {"labels": y, "views": views, "predicted": {}}
     for name, clf in classifiers.items():
         if clf.modality is not modality:  # e.g. an image champion on a text project: it cannot classify these at all
             log(f"scoring: {models[name]} reads {clf.modality.noun} and the {split} split holds {modality.noun}: "
@@ -64,6 +69,8 @@ def score_models(models: dict[str, Path], params: Params, paths: ProjectPaths, s
             probs = clf.probs_batched(arrays[(clf.input_size, clf.resize)])
             pred = np.array(clf.classes)[probs.argmax(1)]
         labels = sorted(set(y) | set(clf.classes))
+        if predictions is not None:
+            predictions["predicted"][name] = pred
         out[name] = {}
         for view, mask in views.items():
             if mask.any():

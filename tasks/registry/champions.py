@@ -114,18 +114,50 @@ def keep_rejected(paths: ProjectPaths, metrics: dict, reason: dict, source: Path
     return move_in_unique(staged, rejected_dir(paths), stamp)
 
 
-def decide(params: Params, scores: dict) -> tuple[bool, str]:
-    """(promote?, why): the challenger must not be worse by more than `retrain.tolerance` on `retrain.metric`, on the
-    current test split nor on the trusted hold-out."""
-    metric, tol = params.retrain.metric, params.retrain.tolerance
-    if scores["champion"] is None:
-        return True, f"no champion yet; challenger {metric} {scores['challenger'][metric]:.4f}"
-    verdicts = []
-    for view, ch, cp in (("current test split", "challenger", "champion"),
-                         ("trusted hold-out", "challenger_holdout", "champion_holdout")):
-        if ch not in scores:
-            continue
-        a, b = scores[ch][metric], scores[cp][metric]
-        ok = a >= b - tol
-        verdicts.append((ok, f"{view}: challenger {metric} {a:.4f} {'>=' if ok else '<'} champion {b:.4f} - {tol}"))
-    return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
+GATE_VIEWS = (("current test split", "test"), ("trusted hold-out", "holdout"))
+
+
+def decide(params: Params, comparisons: dict, holds: dict[str, str] | None = None) -> dict:
+    """The gate's rule: {"action": "promoted" | "rejected" | "held", "reason", "rule"}.
+
+    `comparisons` holds, per view ("test": the current test split, "holdout": the trusted hold-out), the paired
+    comparison of `tasks.evaluation.intervals.paired_difference` (challenger minus champion on `retrain.metric`, on
+    the same samples, with its 95 % interval and n), or is empty when there is no champion.
+
+    The rule, in order:
+    1. no champion: promoted;
+    2. **rejected** when, on either view, the whole 95 % interval of the difference lies below `-retrain.margin`:
+       the challenger is worse by more than the margin beyond what the samples' noise explains (a poisoned or broken
+       retrain). A difference whose interval reaches above `-margin` is not evidence of harm, so a retrain on more
+       clean data, a few hundredths behind on a few hundred samples, is not rejected for it, and two seeds of one
+       retrain (whose differences sit well inside the interval) get the same verdict;
+    3. **held** when a data check holds the promotion: `holds` maps a check's name to its reason (e.g. part of the
+       retrain flow's drift check: {"drift": "incoming data drifted (...); retrain.allow_drift overrides"}). This is
+       where "drift holds the promotion" plugs in: it can only stop a challenger the comparison would promote, never
+       promote a rejected one;
+    4. otherwise **promoted**.
+    """
+    metric, margin = params.retrain.metric, params.retrain.margin
+    if not comparisons:
+        reason = "no champion yet"
+        rule = "nothing to compare with: promote"
+    else:
+        texts, worse = [], []
+        for view, key in GATE_VIEWS:
+            if key not in comparisons:
+                continue
+            c = comparisons[key]
+            texts.append(f"{view}: {metric} {c['a']:.4f} vs champion {c['b']:.4f}, difference {c['difference']:+.4f} "
+                         f"[95% {c['ci_low']:+.4f}, {c['ci_high']:+.4f}], n={c['n']}")
+            if c["ci_high"] < -margin:
+                worse.append(view)
+        reason = "; ".join(texts)
+        if worse:
+            rule = (f"worse beyond the noise on the {' and the '.join(worse)}: the 95% interval of (challenger - "
+                    f"champion) lies below -{margin:g} (retrain.margin)")
+            return {"action": "rejected", "reason": f"{reason} => {rule}", "rule": rule}
+        rule = f"not worse beyond the noise: no 95% interval of (challenger - champion) lies below -{margin:g}"
+    if holds:
+        rule = f"{rule}, but held by {', '.join(holds)}: " + "; ".join(holds.values())
+        return {"action": "held", "reason": f"{reason} => {rule}", "rule": rule}
+    return {"action": "promoted", "reason": f"{reason} => {rule}", "rule": rule}

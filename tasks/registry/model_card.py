@@ -47,11 +47,36 @@ def _head_c(params: Params, paths: ProjectPaths) -> str:
 
 
 def _class_rows(manifest: pd.DataFrame, per_class: dict) -> list[dict]:
-    """One table row per scored class: its sample counts per split and its precision, recall and F1."""
+    """One table row per scored class: its sample counts per split and its precision, recall and F1, each with its
+    95 % interval (low, high) when the evaluation computed them."""
     counts = pd.crosstab(manifest["label"], manifest["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
+
+    def ci(c: str, key: str) -> tuple[float, float] | None:
+        got = per_class[c]
+        return (got[f"{key}_ci_low"], got[f"{key}_ci_high"]) if f"{key}_ci_low" in got else None
+
     return [{"name": c, "train": r.train, "val": r.val, "test": r.test, "precision": per_class[c]["precision"],
-             "recall": per_class[c]["recall"], "f1": per_class[c]["f1-score"]}
+             "recall": per_class[c]["recall"], "f1": per_class[c]["f1-score"], "precision_ci": ci(c, "precision"),
+             "recall_ci": ci(c, "recall"), "f1_ci": ci(c, "f1-score")}
             for c, r in counts.iterrows() if c in per_class]
+
+
+def _pictures(paths: ProjectPaths) -> dict[str, str]:
+    """Evaluate's pictures that exist, by name, as paths relative to the card's folder (models/)."""
+    names = ("confusion_matrix", "reliability", "per_class_f1", "top_losses")
+    return {n: (paths.plots / f"{n}.png").relative_to(paths.models).as_posix() for n in names
+            if (paths.plots / f"{n}.png").exists()}
+
+
+def _top_losses(paths: ProjectPaths, k: int = 5) -> list[dict]:
+    """The first `k` rows of evaluate's top-losses table (models/plots/top_losses.csv), if there is one, each with a
+    `sample` cell for a markdown table: the text's beginning, or the file's path."""
+    file = paths.plots / "top_losses.csv"
+    rows = pd.read_csv(file).head(k).fillna("").to_dict("records") if file.exists() else []
+    for r in rows:
+        text = str(r.get("excerpt") or "").replace("|", "/")
+        r["sample"] = f"{text[:60]}…" if text else f"`{r['path']}`"
+    return rows
 
 
 def render_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame, metrics: dict,
@@ -68,7 +93,7 @@ def render_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFram
         training=_training(paths), head_c=_head_c(params, paths), classes=classes, parity=export.get("parity", {}),
         nan=float("nan"),
         n_samples=len(manifest), n_rejected=len(read_rejected(paths)), metrics=metrics,
-        rows=_class_rows(manifest, per_class))
+        rows=_class_rows(manifest, per_class), pictures=_pictures(paths), losses=_top_losses(paths))
 
 
 def write_model_card(params: Params, paths: ProjectPaths, manifest: pd.DataFrame, metrics: dict,
