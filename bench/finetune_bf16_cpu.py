@@ -1,0 +1,97 @@
+"""bf16 autocast vs fp32 for fine-tuning on a CPU with AMX or AVX512-BF16: speed and accuracy in one run, and what
+`finetune.amp=auto`'s start-up measurement picks. (RESULTS.md, the section on issue 28's bf16 item)
+
+Run from the repository root:
+
+    python -m bench.finetune_bf16_cpu                     # the demo's clip-art, all images, at 128 px, last_n=3, 2 epochs
+    python -m bench.finetune_bf16_cpu --quick             # 10 images per class at 64 px, 1 epoch
+    (options: --size PX, --epochs N, --reps N, --set KEY=VALUE [...])
+
+On a CPU without AMX and AVX512-BF16 (no `amx_bf16` / `avx512_bf16` in /proc/cpuinfo) it prints one row saying so and
+what `finetune.amp=bf16` answers there (the stage's one-line refusal), and runs nothing else: emulated bf16 is not
+what the item is about. Elsewhere both sides run the fine-tune stage as `dvc repro` does (`python -m tasks.finetune`),
+then export and evaluate the shipped model on the test split (`bench.finetune_nproc_cpu.finetune_side`), in
+alternating order over `--reps` rounds; the ratio printed is bf16/fp32 images/s (> 1: bf16 is faster). Benchmarks
+report, they do not gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from bench._harness import OUT, emit, run_stage, scratch_project, stage_params
+from bench.finetune_nproc_cpu import _cpu, finetune_side
+
+QUESTION = "bf16 autocast vs fp32 fine-tuning on a CPU with AMX / AVX512-BF16: speed and accuracy"
+
+
+def main() -> None:
+    from tasks.core.errors import UserError
+    from tasks.training.cpu_bf16 import CPU_BF16_FLAGS, cpu_flags, cpu_has_bf16, require_cpu_bf16
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    flags = sorted(f for f in cpu_flags() if "avx512" in f or "amx" in f or "bf16" in f)
+    if not cpu_has_bf16():
+        try:
+            require_cpu_bf16()
+            refusal = ""
+        except UserError as exc:
+            refusal = str(exc)
+        emit(QUESTION, cpu=_cpu(), cpu_flags=flags or "none of avx512*/amx*/bf16", needs=list(CPU_BF16_FLAGS),
+             skipped="this CPU has neither AMX nor AVX512-BF16: bf16 would be emulated; nothing measured",
+             amp_bf16_answer=refusal, emulated_bf16_speed_vs_fp32=_emulated_ratio(args.size), load_avg=os.getloadavg())
+        return
+    size, epochs = (64, 1) if args.quick else (args.size, args.epochs)
+    paths = scratch_project(OUT / "finetune_bf16_cpu" / f"project-{size}", "clipart",
+                            per_class=10 if args.quick else None, overrides=[f"backbone.input_size={size}"])
+    params = stage_params(paths)
+    for name in ("ingest", "features", "head"):
+        run_stage(name, params, paths)
+    base = ["finetune.strategy=last_n", "finetune.last_n=3", f"finetune.epochs={epochs}",
+            f"finetune.patience={epochs + 1}", "finetune.device=cpu", *args.set]
+    sides = {"fp32": ["finetune.amp=off"], "bf16": ["finetune.amp=bf16"]}
+    results: dict[str, list[dict]] = {k: [] for k in sides}
+    for rep in range(args.reps):
+        for name in (list(sides) if rep % 2 == 0 else list(reversed(sides))):
+            results[name].append(finetune_side(paths, base + sides[name]))
+    auto = finetune_side(paths, base + ["finetune.amp=auto", "finetune.epochs=1", "finetune.patience=2"])
+    fp32, bf16 = (results[k][-1] for k in sides)
+    rate = sorted(c["images_per_s"] / b["images_per_s"] for b, c in zip(results["fp32"], results["bf16"]))
+    emit(QUESTION, cpu=_cpu(), cpu_flags=flags, load_avg=os.getloadavg(), size=size, epochs=epochs, reps=args.reps,
+         fp32=fp32, bf16=bf16, fp32_runs=results["fp32"], bf16_runs=results["bf16"],
+         images_per_s_ratio=round(rate[len(rate) // 2], 3),
+         test_accuracy_diff=round(bf16["test_accuracy_shipped"] - fp32["test_accuracy_shipped"], 4),
+         val_accuracy_diff=round(bf16["last_epoch_val_accuracy"] - fp32["last_epoch_val_accuracy"], 4),
+         auto_picked=auto["amp"])
+
+
+def _emulated_ratio(size: int) -> float:
+    """fp32 seconds / bf16 seconds of a Lite0 training step (batch 16, `size` px, random weights: timing only) as
+    `finetune.amp=auto`'s start-up measurement takes it (`tasks.training.cpu_bf16.bf16_pays`): what bf16 would cost
+    here, emulated."""
+    import timm
+    import torch
+
+    from tasks.training.cpu_bf16 import bf16_pays
+
+    class Logits(torch.nn.Module):  # the stage's models return (logits, ...)
+        def __init__(self):
+            super().__init__()
+            self.net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=7)
+
+        def forward(self, x):
+            return (self.net(x),)
+
+    torch.manual_seed(0)
+    return round(bf16_pays(Logits(), torch.randn(16, 3, size, size))[1], 3)
+
+
+if __name__ == "__main__":
+    main()
