@@ -67,3 +67,16 @@ def test_confident_learning_on_known_probabilities():
     assert list(audit.suggested[[4, 5]]) == [1, 0]
     folds = stratified_folds(np.array(["a"] * 10 + ["b"] * 5), 5, seed=3)
     assert sorted(np.bincount(folds)) == [3, 3, 3, 3, 3]  # every fold the same size, each class spread over all
+
+
+def test_the_audit_stage_reads_no_head_param_and_no_model():
+    """A head change (`dvc exp run -S head.C=...`) must not re-run the audit: DVC re-runs a stage only when one of
+    its deps or params changed, and the audit's are the manifest, the features, its code and seed/backbone/audit."""
+    from ruamel.yaml import YAML
+
+    from tests.conftest import REPO
+
+    stage = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]["audit"]
+    assert stage["params"] == ["seed", "backbone", "audit"]
+    data_deps = [d for d in stage["deps"] if not d.startswith("tasks/")]
+    assert data_deps == ["data/prepared/manifest.parquet", "data/features"]
