@@ -172,7 +172,7 @@ class InferenceService:
     event loop; at most `limits.max_in_flight` inference requests are admitted at once (`admit`)."""
 
     def __init__(self, paths: ProjectPaths, threads: int = 0, batching: bool = True, poll_seconds: float = 1.0,
-                 instances: int = 0, limits: ServeLimits | None = None, rows_per_run: int = 4):
+                 instances: int = 0, limits: ServeLimits | None = None, rows_per_run: int = 2):
         self.paths, self.threads, self.poll_seconds = paths, threads, poll_seconds
         self.limits, self.rows_per_run = limits or ServeLimits(), max(1, rows_per_run)
         self.memory = MemoryReturner()

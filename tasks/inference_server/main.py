@@ -41,7 +41,7 @@ def check_port_free(host: str, port: int, what: str, flag: str) -> None:
 
 async def serve_forever(paths: ProjectPaths, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
                         threads: int = 0, batching: bool = True, poll_seconds: float = 1.0,
-                        instances: int = 0, limits: ServeLimits | None = None, rows_per_run: int = 4) -> None:
+                        instances: int = 0, limits: ServeLimits | None = None, rows_per_run: int = 2) -> None:
     """Serve until SIGINT/SIGTERM. Guarantees: nothing listens before the champion is loaded; a missing champion is
     a one-line UserError; both listeners close on the way out; every request is held to `limits`."""
     import uvicorn
@@ -101,7 +101,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="inference requests handled at once; more get 503 + Retry-After (default %(default)s)")
     limits.add_argument("--body-timeout-seconds", type=float, default=DEFAULT_BODY_TIMEOUT,
                         help="a request body not received in full by then gets 408 (default %(default)s)")
-    limits.add_argument("--rows-per-run", type=_positive, default=4,
+    limits.add_argument("--rows-per-run", type=_positive, default=2,
                         help="samples per ONNX Runtime call: a batch of 32 runs in calls of this many, so its "
                              "activations cost this many samples' memory (default %(default)s)")
     return ap

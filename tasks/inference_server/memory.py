@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 
@@ -41,9 +42,22 @@ def tune_allocator(arenas: int = 2) -> bool:
     return True
 
 
+GROWTH = 16 * 1024 * 1024     # RSS this far above its level after the last trim asks for a trim too
+
+
+def rss_bytes() -> int:
+    """This process's resident set size, from /proc (0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class MemoryReturner:
     """Counts large requests; `release` (called by the server's watch loop, off the event loop) trims glibc's heaps
-    when any happened since the last trim."""
+    when any happened since the last trim, or when RSS grew by GROWTH since then (messages refused by gRPC's own
+    size check never reach a handler, but their buffers were allocated all the same)."""
 
     def __init__(self):
         self._libc = _libc()
@@ -51,6 +65,7 @@ class MemoryReturner:
         self._lock = threading.Lock()
         self.trims = 0
         self.last_trim = 0.0
+        self._rss_after_trim = rss_bytes()
 
     def note(self, nbytes: int) -> None:
         """A request of `nbytes` finished: remember to trim if it was large."""
@@ -59,12 +74,16 @@ class MemoryReturner:
                 self._pending += 1
 
     def release(self) -> bool:
-        """malloc_trim(0) if a large request finished since the last call; True if it trimmed."""
+        """malloc_trim(0) if a large request finished since the last call or RSS grew; True if it trimmed."""
+        if self._libc is None:
+            return False
         with self._lock:
-            if not self._pending or self._libc is None:
+            grown = rss_bytes() > self._rss_after_trim + GROWTH
+            if not (self._pending or grown):
                 return False
             self._pending = 0
         self._libc.malloc_trim(0)
         self.trims += 1
         self.last_trim = time.monotonic()
+        self._rss_after_trim = rss_bytes()
         return True
