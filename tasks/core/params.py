@@ -263,8 +263,8 @@ class AuditParams(_Section):
 
     folds: int = Field(5, ge=2, le=20, description="label audit: out-of-fold probabilities from this many stratified "
                                                    "folds over train+val")
-    C: float = Field(0.1, gt=0.0, description="label audit: the fold heads' inverse regularisation (logistic; its "
-                                              "own key, so that a head.C change does not re-run the audit)")
+    C: float = Field(0.01, gt=0.0, description="label audit: the fold heads' inverse regularisation (logistic; its "
+                                               "own key, so that a head.C change does not re-run the audit)")
     near_duplicate_cosine: float = Field(0.97, gt=0.0, le=1.0, description="two samples whose embeddings' cosine "
                                          "similarity is at least this are near-duplicates: reported, and kept in one "
                                          "split by the next ingest")
