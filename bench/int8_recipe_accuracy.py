@@ -76,6 +76,10 @@ def _recipes() -> dict[str, dict]:
         "depthwise_fp32+reduce_range": {"reduce_range": True},
         "percentile": {"calibrate_method": CalibrationMethod.Percentile, "keep_depthwise_fp32": False},
         "entropy": {"calibrate_method": CalibrationMethod.Entropy, "keep_depthwise_fp32": False},
+        # issue 28: better calibration on top of the shipped recipe (depthwise in float), and its QOperator form
+        "percentile (depthwise in float)": {"calibrate_method": CalibrationMethod.Percentile},
+        "entropy (depthwise in float)": {"calibrate_method": CalibrationMethod.Entropy},
+        "qoperator (depthwise in float)": {"quant_format": QuantFormat.QOperator},
     }
 
 

@@ -232,7 +232,8 @@ def test_a_graph_that_disagrees_with_its_reference_fails_the_parity_gate_and_cha
     from tests.conftest import project_params
 
     proj = _export_project(built_project, tmp_path / "parity", ["export.int8=true", "export.int8_max_accuracy_drop=1.0",
-                                                                "export.int8_calibration_images=16"])
+                                                                "export.int8_calibration_images=16",
+                                                                "export.int8_min_speedup=0"])
     head = Head.load(proj.head)
     if route == "torch":
         state = build_classifier(project_params(proj), head).state_dict()
@@ -268,15 +269,31 @@ def test_int8_variant_is_written_only_within_the_accuracy_tolerance(built_projec
     from tests.conftest import project_params
 
     proj = _export_project(built_project, tmp_path / "int8", ["export.int8=true", "export.int8_calibration_images=32"])
-    run_export(project_params(proj, ["export.int8_max_accuracy_drop=1.0"]), proj)
+    run_export(project_params(proj, ["export.int8_max_accuracy_drop=1.0", "export.int8_min_speedup=0"]), proj)
     report = json.loads((proj.models / "int8" / "report.json").read_text())
     int8_model = proj.models / "int8" / "model.onnx"
     assert report["accepted"] and int8_model.exists()
     assert report["int8_mb"] < 0.4 * report["fp32_mb"]  # int8 weights: about a quarter of the bytes
     assert abs(report["accuracy_drop"] - (report["fp32_accuracy"] - report["int8_accuracy"])) < 1e-12
+    assert report["speedup"] > 0 and report["cpu_int8"]  # measured, and the CPU's int8 instructions named
     metrics = run_evaluate(project_params(proj), proj)
     assert "int8_accuracy" in json.loads((proj.metrics / "metrics.json").read_text())
     assert metrics.n > 0
+
+
+def test_an_int8_model_that_does_not_pay_on_this_cpu_is_not_written_and_says_so(built_project, tmp_path, capfd):
+    """Accurate enough, but not the asked-for speed-up (no int8 runs 1000x fp32): fp32 only, and one line why."""
+    from tasks.export import run_export
+    from tests.conftest import project_params
+
+    proj = _export_project(built_project, tmp_path / "int8-slow", ["export.int8=true", "export.int8_calibration_images=16"])
+    run_export(project_params(proj, ["export.int8_max_accuracy_drop=1.0", "export.int8_min_speedup=1000"]), proj)
+    report = json.loads((proj.models / "int8" / "report.json").read_text())
+    assert not report["accepted"] and report["speedup"] < 1000
+    assert f"int8 does not pay on this CPU ({report['cpu_int8']})" in report["reason"]
+    assert "int8 model not written, fp32 only" in report["reason"]
+    assert sorted(f.name for f in (proj.models / "int8").iterdir()) == ["report.json"]
+    assert "int8 does not pay on this CPU" in capfd.readouterr().err
 
 
 def test_an_int8_model_that_loses_accuracy_is_rejected_and_not_written(built_project, tmp_path, monkeypatch):

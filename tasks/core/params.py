@@ -233,11 +233,13 @@ class ExportParams(_Section):
     triton_name: str = Field("headstart", pattern=r"^[A-Za-z0-9_.-]+$",
                              description="the model's folder in the deploy repository: models/serving/triton/<name>/")
     triton_max_batch_size: int = Field(32, ge=1)
-    int8: bool = Field(False, description="also build models/int8/model.onnx (static quantisation, calibrated on "
-                                          "train images)")
+    int8: bool = Field(False, description="also build models/int8/model.onnx if it keeps its accuracy and pays on this "
+                                          "CPU (images: static, calibrated on train images; texts: dynamic)")
     int8_calibration_images: int = Field(128, ge=8)
     int8_max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0, description="on val; a worse int8 model is not "
                                                                             "written")
+    int8_min_speedup: float = Field(1.1, ge=0.0, description="int8 / fp32 speed at batch 32 on this CPU (paired "
+                                                            "runs); a slower int8 model is not written")
 
 
 class RetrainParams(_Section):

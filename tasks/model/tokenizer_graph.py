@@ -165,6 +165,12 @@ def prepend_tokenizer(encoder: onnx.ModelProto, tokenizer, max_length: int, opse
             if name == f"tokenizer/{TEXT_INPUT}":
                 node.input[i] = TEXT_INPUT
     merged.graph.input[0].name = TEXT_INPUT
+    # merge_models lists the default domain once per model ("" and, from the exporter, "" again): one is valid ONNX
+    seen: dict[str, int] = {}
+    for o in merged.opset_import:
+        seen[o.domain or ""] = max(seen.get(o.domain or "", 0), o.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in seen.items())
     return merged
 
 
