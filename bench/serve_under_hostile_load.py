@@ -70,7 +70,7 @@ def _start(root: Path) -> tuple[subprocess.Popen, int, int]:
     # -P: this checkout's server code (PYTHONPATH), not the copy of tasks/ the scratch project was made with
     proc = subprocess.Popen([sys.executable, "-P", "-m", "tasks.inference_server.main", "--http-port", str(http_port),
                              "--grpc-port", str(grpc_port), "--threads", "1", "--poll-seconds", "0.5",
-                             "--body-timeout-seconds", "2"], cwd=root, stderr=subprocess.DEVNULL,
+                             "--body-timeout-seconds", "5"], cwd=root, stderr=subprocess.DEVNULL,
                             env=venv_env() | {"PYTHONPATH": str(REPO)})
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -97,7 +97,8 @@ def _hostile_mix(params, http_port: int, grpc_port: int):
     img = {"name": "images", "datatype": "UINT8", "shape": [1, size, size, 3]}
     gz, zl = bomb(256 << 20, 31), bomb(256 << 20, 15)
     n_json = (2 << 20) // 4 - 64  # values of a body just under the 2 MiB JSON limit, the last one bad
-    at_limit = json.dumps({"inputs": [img | {"shape": [1, n_json], "data": [255] * (n_json - 1) + [1.5]}]}).encode()
+    at_limit = json.dumps({"inputs": [img | {"shape": [1, n_json], "data": [255] * (n_json - 1) + [1.5]}]},
+                          separators=(",", ":")).encode()
 
     def chunked():
         with socket.create_connection(("127.0.0.1", http_port), timeout=30) as s:

@@ -22,7 +22,7 @@ MAX_PARAMETERS = 32
 
 Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)]
 Dim = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
-Shape = Annotated[list[Dim], Field(max_length=MAX_DIMS)]
+Shape = Annotated[list[Dim], Field(max_length=MAX_DIMS, fail_fast=True)]
 Scalar = Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=1024)]]
 
 
@@ -65,9 +65,11 @@ class _Input(BaseModel):
     parameters: InputParameters | None = None
 
 
-# one model per datatype, so `data` is validated element by element as its datatype says while the JSON is parsed
+# one model per datatype, so `data` is validated element by element as its datatype says while the JSON is parsed;
+# fail_fast: the first bad element ends validation (a million bad values are one error, not a million error records)
 _INPUTS = tuple(create_model(f"Input{kind}", __base__=_Input, datatype=(Literal[kind], ...),
-                             data=(list[element] | None, None)) for kind, element in ELEMENTS.items())
+                             data=(Annotated[list[element], Field(fail_fast=True)] | None, None))
+                for kind, element in ELEMENTS.items())
 RequestInput = Annotated[Union[_INPUTS], Field(discriminator="datatype")]
 
 
