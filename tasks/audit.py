@@ -50,7 +50,8 @@ class AuditSummary:
     skipped: str | None = None
 
 
-def label_issues(params: Params, paths: ProjectPaths, manifest: pd.DataFrame) -> tuple[pd.DataFrame, int | None, str | None]:
+def label_issues(params: Params, paths: ProjectPaths,
+                 manifest: pd.DataFrame) -> tuple[pd.DataFrame, int | None, str | None]:
     """(the label-issue rows, most suspect first; folds used; why the audit was skipped, or None)."""
     rows = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
     try:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
-import pytest
-
 from tasks.data_quality.drift import mmd_test
 from tasks.data_quality.embeddings import read_embeddings
 from tasks.data_quality.incoming import drift_of_new_samples

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from tasks.audit import run_audit
 from tasks.data_quality.label_audit import confident_learning, stratified_folds
@@ -56,7 +55,7 @@ def test_labels_moved_to_a_wrong_class_are_found(modality_project, tmp_path):
     chance = len(moved) / summary.audited
     text = params.backbone.name == "minilm"
     assert precision >= (0.5 if text else 3 * chance), (precision, len(moved), summary)
-    assert table["path"].isin(moved).mean() > 3 * chance  # the flagged rows are rich in moved samples
+    assert table["path"].isin(moved).sum() >= 0.75 * len(moved)  # recall: most moved samples are flagged at all
 
 
 def test_confident_learning_on_known_probabilities():

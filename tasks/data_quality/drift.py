@@ -75,5 +75,6 @@ def drift_report(reference: np.ndarray, new: np.ndarray, alpha: float, permutati
     result = mmd_test(reference, new, permutations, seed, max_samples)
     return {"drifted": bool(result["p_value"] < alpha), "method": METHOD, "statistic": result["statistic"],
             "p_value": result["p_value"], "alpha": alpha, "n_reference": result["n_reference"],
-            "n_new": result["n_new"], "permutations": permutations, "kernel": "gaussian exp(-d^2 / bandwidth), bandwidth = median squared pairwise distance",
+            "n_new": result["n_new"], "permutations": permutations,
+            "kernel": "gaussian exp(-d^2 / bandwidth), bandwidth = median squared pairwise distance",
             "bandwidth": result["bandwidth"]}
