@@ -136,8 +136,9 @@ def test_the_pictures_their_tables_and_the_card_show_the_intervals(modality_proj
     ece = (curve["count"] / metrics["n"] * (curve["accuracy"] - curve["confidence"]).abs()).sum()
     assert ece == pytest.approx(metrics["ece"])
     f1 = pd.read_csv(paths.plots / "per_class_f1.csv").set_index("class")
-    assert all(f1.loc[c, "ci_low"] <= f1.loc[c, "f1"] == pytest.approx(v["f1-score"]) <= f1.loc[c, "ci_high"]
-               for c, v in per_class.items())
+    for c, v in per_class.items():
+        assert f1.loc[c, "f1"] == pytest.approx(v["f1-score"]) and f1.loc[c, "ci_low"] <= f1.loc[c, "f1"] <= \
+            f1.loc[c, "ci_high"], c
     losses = pd.read_csv(paths.plots / "top_losses.csv")
     assert 0 < len(losses) <= 16 and losses["loss"].is_monotonic_decreasing
     assert np.allclose(losses["loss"], -np.log(losses["p_given"].clip(1e-12)), atol=1e-5)
