@@ -162,8 +162,11 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
     _write_pictures(paths, split, rows, probs, head.classes, per_class, curve, ece)
     write_model_card(params, paths, manifest, metrics | how, per_class)
     int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
-    log(f"evaluate: {split} accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
-        f"weighted F1 {metrics['f1_weighted']:.3f} on {len(y)} {modality.noun} ({scored}){int8} in "
+    def ci(m: str) -> str:
+        return f"{metrics[m]:.3f} [{metrics[f'{m}_ci_low']:.3f}, {metrics[f'{m}_ci_high']:.3f}]"
+
+    log(f"evaluate: {split} accuracy {ci('accuracy')}, macro F1 {ci('f1_macro')}, weighted F1 {ci('f1_weighted')} "
+        f"(95 % intervals) on {len(y)} {modality.noun} ({scored}){int8} in "
         f"{time.perf_counter() - t0:.1f}s -> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, "
         f"{png.relative_to(paths.root)}")
     return EvaluateSummary(split, int(len(y)), metrics["accuracy"], metrics["f1_macro"],
