@@ -20,7 +20,7 @@ def _op_types(model: onnx.ModelProto) -> set[str]:
 def _test_texts(paths, params):
     from tasks.modality.samples import split_samples
 
-    texts, labels = split_samples(params, paths, "test", 64)
+    texts, labels = split_samples(params, paths, "test", 16)
     assert len(texts) >= 8 and texts.dtype == object
     return texts, labels
 
@@ -44,6 +44,7 @@ def test_the_text_backbone_graph_is_fused_and_matches_torch_on_real_texts(text_p
     assert float(np.abs(got - expected).max()) <= FEATURE_TOLERANCE * scale
 
 
+@pytest.mark.slow  # quantising the 90 MB graph
 def test_the_int8_text_model_takes_strings_and_stays_close_to_fp32(text_project, tmp_path):
     from tasks.runtime.int8 import quantize_dynamic_int8
     from tasks.runtime.onnx_classifier import OnnxClassifier
