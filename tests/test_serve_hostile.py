@@ -207,8 +207,12 @@ def test_bombs_and_oversized_bodies_are_refused_before_they_are_read_and_memory_
         def send_big(_):
             inp = grpcclient.InferInput("images", list(big.shape), "UINT8")
             inp.set_data_from_numpy(big)
-            with pytest.raises(Exception, match="RESOURCE_EXHAUSTED|larger than max") as info:
-                srv.grpc().infer(params.export.triton_name, [inp])
+            client = srv.grpc()
+            try:
+                with pytest.raises(Exception, match="RESOURCE_EXHAUSTED|larger than max") as info:
+                    client.infer(params.export.triton_name, [inp])
+            finally:
+                client.close()  # as a client does: the server's side of an open channel keeps its read buffers
             return str(info.value)
 
         with ThreadPoolExecutor(16) as pool:
@@ -222,11 +226,14 @@ def test_bombs_and_oversized_bodies_are_refused_before_they_are_read_and_memory_
 def test_malformed_fields_and_values_are_400_with_one_short_line_never_a_500(image_server):
     """Wrong types and shapes, values outside the datatype, parameters of the wrong type, a 3 MB bad value and a
     10,000-character model name: each a 4xx whose one line quotes at most a short prefix; a batch of near-miss
-    requests (every field replaced by each wrong JSON type) never gets a 500."""
+    requests (every field replaced by each wrong JSON type) never gets a 500; RSS comes back."""
     srv, params = image_server
     path, size = infer_path(params), params.backbone.input_size
     n = size * size * 3
     img = image_input(params)
+    for _ in range(10):
+        assert post(srv.http_port, path, *valid_image(params))[0] == 200
+    before = settle_rss(srv)
 
     def js(inputs, **top) -> bytes:
         return json.dumps({"inputs": inputs, **top}).encode()
@@ -286,6 +293,8 @@ def test_malformed_fields_and_values_are_400_with_one_short_line_never_a_500(ima
                 error_line(status, text)
     assert 500 not in statuses.values() and all(s in (200, 400, 404, 413) for s in statuses.values()), statuses
     assert sum(s == 400 for s in statuses.values()) > len(statuses) // 2
+    after = settle_rss(srv)  # e.g. 27,648 bad values are one error record, not 27,648
+    assert after < before * 1.10, (before, after)
 
 
 @pytest.mark.slow
@@ -333,7 +342,9 @@ def test_a_batch_of_32_costs_a_small_multiple_of_its_size_and_gives_it_back(imag
     images = np.frombuffer(body[-request_bytes:], np.uint8).reshape(32, size, size, 3)
     inp = grpcclient.InferInput("images", list(images.shape), "UINT8")
     inp.set_data_from_numpy(images)
-    assert srv.grpc().infer(params.export.triton_name, [inp]).as_numpy("probs").shape[0] == 32
+    client = srv.grpc()
+    assert client.infer(params.export.triton_name, [inp]).as_numpy("probs").shape[0] == 32
+    client.close()
     cost = (peak_rss_kb(srv) - before) * 1024
     print(f"batch-32 request of {request_bytes / 2**20:.2f} MiB: peak +{cost / 2**20:.1f} MiB "
           f"({cost / request_bytes:.1f}x)")

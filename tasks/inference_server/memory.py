@@ -42,7 +42,7 @@ def tune_allocator(arenas: int = 2) -> bool:
     return True
 
 
-GROWTH = 16 * 1024 * 1024     # RSS this far above its level after the last trim asks for a trim too
+GROWTH = 16 * 1024 * 1024     # RSS this far above its settled level asks for a trim too
 
 
 def rss_bytes() -> int:
@@ -56,8 +56,8 @@ def rss_bytes() -> int:
 
 class MemoryReturner:
     """Counts large requests; `release` (called by the server's watch loop, off the event loop) trims glibc's heaps
-    when any happened since the last trim, or when RSS grew by GROWTH since then (messages refused by gRPC's own
-    size check never reach a handler, but their buffers were allocated all the same)."""
+    when any happened since the last trim, or when RSS is GROWTH above its settled level (messages refused by gRPC's
+    own size check never reach a handler, but their buffers were allocated all the same)."""
 
     def __init__(self):
         self._libc = _libc()
@@ -65,7 +65,7 @@ class MemoryReturner:
         self._lock = threading.Lock()
         self.trims = 0
         self.last_trim = 0.0
-        self._rss_after_trim = rss_bytes()
+        self._floor = rss_bytes()
 
     def note(self, nbytes: int) -> None:
         """A request of `nbytes` finished: remember to trim if it was large."""
@@ -74,16 +74,19 @@ class MemoryReturner:
                 self._pending += 1
 
     def release(self) -> bool:
-        """malloc_trim(0) if a large request finished since the last call or RSS grew; True if it trimmed."""
+        """malloc_trim(0) if a large request finished since the last call or RSS is GROWTH above its floor (the lowest
+        RSS after a trim); True if it trimmed. Memory really in use above the floor (a new model version) costs a trim
+        per call that finds nothing to give back: about a millisecond, once per poll."""
         if self._libc is None:
             return False
         with self._lock:
-            grown = rss_bytes() > self._rss_after_trim + GROWTH
-            if not (self._pending or grown):
+            start = rss_bytes()
+            if not (self._pending or start > self._floor + GROWTH):
                 return False
             self._pending = 0
         self._libc.malloc_trim(0)
         self.trims += 1
         self.last_trim = time.monotonic()
-        self._rss_after_trim = rss_bytes()
+        after = rss_bytes()
+        self._floor = min(self._floor, after)
         return True
