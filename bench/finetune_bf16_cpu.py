@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from bench._harness import OUT, emit, run_stage, scratch_project, stage_params
-from bench.finetune_nproc_cpu import _cpu, finetune_side
+from bench._harness import OUT, emit
+from bench.finetune_nproc_cpu import _cpu, built_demo, finetune_side
 
 QUESTION = "bf16 autocast vs fp32 fine-tuning on a CPU with AMX / AVX512-BF16: speed and accuracy"
 
@@ -46,14 +46,10 @@ def main() -> None:
             refusal = str(exc)
         emit(QUESTION, cpu=_cpu(), cpu_flags=flags or "none of avx512*/amx*/bf16", needs=list(CPU_BF16_FLAGS),
              skipped="this CPU has neither AMX nor AVX512-BF16: bf16 would be emulated; nothing measured",
-             amp_bf16_answer=refusal, emulated_bf16_speed_vs_fp32=_emulated_ratio(args.size), load_avg=os.getloadavg())
+             amp_bf16_answer=refusal, emulated_bf16_speed_vs_fp32_at_64px=_emulated_ratio(64), load_avg=os.getloadavg())
         return
     size, epochs = (64, 1) if args.quick else (args.size, args.epochs)
-    paths = scratch_project(OUT / "finetune_bf16_cpu" / f"project-{size}", "clipart",
-                            per_class=10 if args.quick else None, overrides=[f"backbone.input_size={size}"])
-    params = stage_params(paths)
-    for name in ("ingest", "features", "head"):
-        run_stage(name, params, paths)
+    paths = built_demo(OUT / "finetune_bf16_cpu" / f"project-{size}{'-quick' if args.quick else ''}", size, args.quick)
     base = ["finetune.strategy=last_n", "finetune.last_n=3", f"finetune.epochs={epochs}",
             f"finetune.patience={epochs + 1}", "finetune.device=cpu", *args.set]
     sides = {"fp32": ["finetune.amp=off"], "bf16": ["finetune.amp=bf16"]}
@@ -73,7 +69,7 @@ def main() -> None:
 
 
 def _emulated_ratio(size: int) -> float:
-    """fp32 seconds / bf16 seconds of a Lite0 training step (batch 16, `size` px, random weights: timing only) as
+    """fp32 seconds / bf16 seconds of a Lite0 training step (batch 8, `size` px, random weights: timing only) as
     `finetune.amp=auto`'s start-up measurement takes it (`tasks.training.cpu_bf16.bf16_pays`): what bf16 would cost
     here, emulated."""
     import timm
@@ -90,7 +86,7 @@ def _emulated_ratio(size: int) -> float:
             return (self.net(x),)
 
     torch.manual_seed(0)
-    return round(bf16_pays(Logits(), torch.randn(16, 3, size, size))[1], 3)
+    return round(bf16_pays(Logits(), torch.randn(8, 3, size, size))[1], 3)
 
 
 if __name__ == "__main__":

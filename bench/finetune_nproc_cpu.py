@@ -54,6 +54,21 @@ def finetune_side(paths, overrides: list[str]) -> dict:
             "test_accuracy_shipped": round(test.accuracy, 4), "final_state_sha256": summary["final_state_sha256"][:12]}
 
 
+def built_demo(dest, size: int, quick: bool):
+    """The demo's clip-art (10 per class when `quick`) at `size` px with ingest, features and head run: built once
+    under `dest` and reused by later runs (a project whose head exists is taken as it is)."""
+    from tasks.core.paths import ProjectPaths
+
+    if (dest / "models" / "head.npz").exists():
+        return ProjectPaths(dest)
+    paths = scratch_project(dest, "clipart", per_class=10 if quick else None,
+                            overrides=[f"backbone.input_size={size}"])
+    params = stage_params(paths)
+    for name in ("ingest", "features", "head"):
+        run_stage(name, params, paths)
+    return paths
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -63,11 +78,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     size, epochs = (64, 1) if args.quick else (args.size, args.epochs)
-    paths = scratch_project(OUT / "finetune_nproc_cpu" / f"project-{size}", "clipart",
-                            per_class=10 if args.quick else None, overrides=[f"backbone.input_size={size}"])
-    params = stage_params(paths)
-    for name in ("ingest", "features", "head"):
-        run_stage(name, params, paths)
+    paths = built_demo(OUT / "finetune_nproc_cpu" / f"project-{size}{'-quick' if args.quick else ''}", size, args.quick)
     # the frozen head is scored on val as epoch 0 by both sides; keep-the-best is off for the comparison's sake: both
     # sides train every epoch (patience above epochs) and the kept model is whichever is best on val
     base = ["finetune.strategy=last_n", "finetune.last_n=3", f"finetune.epochs={epochs}",
