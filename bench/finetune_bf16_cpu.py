@@ -3,8 +3,8 @@
 
 Run from the repository root:
 
-    python -m bench.finetune_bf16_cpu                     # the demo's clip-art, all images, at 128 px, last_n=3, 2 epochs
-    python -m bench.finetune_bf16_cpu --quick             # 10 images per class at 64 px, 1 epoch
+    python -m bench.finetune_bf16_cpu            # the demo's clip-art, all images, at 128 px, last_n=3, 2 epochs
+    python -m bench.finetune_bf16_cpu --quick    # 10 images per class at 64 px, 1 epoch
     (options: --size PX, --epochs N, --reps N, --set KEY=VALUE [...])
 
 On a CPU without AMX and AVX512-BF16 (no `amx_bf16` / `avx512_bf16` in /proc/cpuinfo) it prints one row saying so and

@@ -3,8 +3,8 @@ CPU: throughput, wall, and whether the answer is the same. (RESULTS.md, the sect
 
 Run from the repository root:
 
-    python -m bench.finetune_nproc_cpu                    # the demo's clip-art, all images, at 128 px, last_n=3, 2 epochs
-    python -m bench.finetune_nproc_cpu --quick            # 10 images per class at 64 px, 1 epoch
+    python -m bench.finetune_nproc_cpu           # the demo's clip-art, all images, at 128 px, last_n=3, 2 epochs
+    python -m bench.finetune_nproc_cpu --quick   # 10 images per class at 64 px, 1 epoch
     (options: --size PX, --epochs N, --reps N (rounds of the two sides, order alternating), --set KEY=VALUE [...])
 
 The project is a scratch project of the demo data built once (ingest, features, head). Each side then runs the

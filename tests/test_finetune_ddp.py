@@ -87,7 +87,8 @@ def test_a_failed_rank_is_reported_as_the_rank_that_failed_first_on_its_own(tmp_
     assert failure_line(tmp_path, report, 1, 3.0) == ("finetune: rank 1 failed after 3s: RuntimeError: boom (the run "
                                                       "was stopped)")
     error(1, "user", "label 'x' is not a class of models/head.npz; re-run the head stage", 2.0)
-    assert failure_line(tmp_path, report, 1, 3.0) == "label 'x' is not a class of models/head.npz; re-run the head stage"
+    user = "label 'x' is not a class of models/head.npz; re-run the head stage"
+    assert failure_line(tmp_path, report, 1, 3.0) == user
 
 
 def test_bf16_on_cpu_runs_a_real_step_where_the_cpu_has_it_and_is_refused_in_one_line_elsewhere(built_project):

@@ -11,8 +11,8 @@ OMP_NUM_THREADS when set, or one per core), so N processes never run more thread
 A rank that raises writes its one-line error to the run folder before exiting; torchrun then stops the other ranks.
 A rank killed by a signal writes nothing, and torchrun's own failure report names it. The stage raises one UserError
 naming the rank and its error: the rank that failed first on its own, not the ranks that merely lost their peer.
-Every collective has a timeout (`tasks.training.distributed_settings`, env `HEADSTART_DDP_TIMEOUT_S`), so a rank that stops
-answering without dying ends the run too.
+Every collective has a timeout (`tasks.training.distributed_settings`, env `HEADSTART_DDP_TIMEOUT_S`), so a rank
+that stops answering without dying ends the run too.
 """
 
 from __future__ import annotations

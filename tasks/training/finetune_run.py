@@ -340,7 +340,6 @@ def train(params: Params, paths: ProjectPaths) -> dict:
     and return its summary (rank 0; {} on the other ranks of a multi-process run, which write nothing). Finished runs
     leave no checkpoint behind."""
     t_start = time.perf_counter()
-    p = params.finetune
     run = prepare(params, paths)
     try:
         return _train(run, t_start)
