@@ -119,7 +119,9 @@ def test_metadata_round_trip(exported):
     metrics = json.loads((paths.metrics / "metrics.json").read_text())
     assert f"accuracy {metrics['accuracy']:.3f}" in card and "## Intended use and limits" in card
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # numbers only: what dvc exp show compares
-    assert list(metrics)[:3] == ["accuracy", "f1_macro", "f1_weighted"]
+    headline = [k for k in metrics if not k.endswith(("_ci_low", "_ci_high"))]  # each metric is followed by its interval
+    assert headline[:3] == ["accuracy", "f1_macro", "f1_weighted"]
+    assert list(metrics)[1:3] == ["accuracy_ci_low", "accuracy_ci_high"]
     how = json.loads((paths.metrics / "evaluation.json").read_text())
     assert how["artifact"].startswith("models/model.onnx") and how["split"] == "test"
 
@@ -244,7 +246,7 @@ def test_a_graph_that_disagrees_with_its_reference_fails_the_parity_gate_and_cha
                                       "torch": "torch eager"}[route]
     before = _tree(proj.models)
     assert {"model.onnx", "labels.txt", "int8/model.onnx", "metrics/export.json"} <= set(before)
-    real_compare = export_stage.compare
+    real_compare = export_stage.compare_with_outputs
 
     def compare_a_disagreeing_graph(candidate, *args, **kwargs):
         """The head's class rows reversed in the built graph, just before its gate: a bug the builder cannot see."""
@@ -256,7 +258,7 @@ def test_a_graph_that_disagrees_with_its_reference_fails_the_parity_gate_and_cha
         onnx.save(proto, str(candidate))
         return real_compare(candidate, *args, **kwargs)
 
-    monkeypatch.setattr(export_stage, "compare", compare_a_disagreeing_graph)
+    monkeypatch.setattr(export_stage, "compare_with_outputs", compare_a_disagreeing_graph)
     with pytest.raises(ExportParityError, match=r"export parity gate failed on 40 samples: .*argmax agree: False; .*"
                                                 r"model.onnx was not replaced"):
         run_export(project_params(proj), proj)
