@@ -8,12 +8,13 @@ are all that is needed):
 - label audit: a seeded 5 / 10 / 20 % of the train labels moved to another class (the manifest untouched: the audit
   runs on the moved labels in memory, the same `audit_labels` the stage calls), N = how many moved: precision at N
   (moved rows among the top N of the report) and recall (moved rows flagged at all / N), over `--seeds` draws;
-- drift: `--draws` seeded draws of a batch of `--batch` new samples against the train split's other samples: a
-  held-back batch of the demo's own images (the false-alarm rate: how often p < alpha), and batches in which 10, 25,
-  50 or 100 % are images of openclipart-png categories the demo does not use (power). The off-category images are
-  extracted once into a copy of the project (data/features copied, the original untouched).
+- drift: seeded draws of a batch of `--batch` new samples against the train split's other samples: `--null-draws`
+  held-back batches of the demo's own images (the false-alarm rate: how often p < alpha), and `--draws` batches in
+  which 10, 25, 50 or 100 % are images of openclipart-png categories the demo does not use (power). The off-category
+  images are extracted once into a copy of the project (data/features copied, the original untouched).
 
-Run:  python -m bench.label_audit_and_drift [--project PATH] [--seeds 3] [--draws 20] [--batch 100] [--quick]
+Run:  python -m bench.label_audit_and_drift [--project PATH] [--seeds 3] [--draws 20] [--null-draws 100]
+      [--batch 100] [--quick]
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def off_category_project(params, paths, work: Path, per_category: int):
     return dest, added
 
 
-def drift_rates(params, paths, offcat, added: list[str], draws: int, batch: int) -> list[dict]:
+def drift_rates(params, paths, offcat, added: list[str], draws: int, batch: int, null_draws: int) -> list[dict]:
     from tasks.data_quality.drift import drift_report
     from tasks.data_quality.embeddings import read_embeddings
     from tasks.dataset.manifest import read_manifest
@@ -104,7 +105,8 @@ def drift_rates(params, paths, offcat, added: list[str], draws: int, batch: int)
     out = []
     for share in (0.0, 0.1, 0.25, 0.5, 1.0):
         drifted, p_values = 0, []
-        for draw in range(draws):
+        n_draws = null_draws if share == 0 else draws
+        for draw in range(n_draws):
             rng = np.random.default_rng([draw, 2929])
             n_off = int(round(share * batch))
             held = rng.choice(own, batch - n_off, replace=False)  # held back from the demo's own images
@@ -113,8 +115,8 @@ def drift_rates(params, paths, offcat, added: list[str], draws: int, batch: int)
             r = drift_report(x[reference], x[new], d.alpha, d.permutations, draw, d.max_samples)
             drifted += r["drifted"]
             p_values.append(r["p_value"])
-        out.append({"off_category_share": share, "batch": batch, "draws": draws, "drifted": drifted,
-                    "rate": drifted / draws, "median_p": statistics.median(p_values), "alpha": d.alpha,
+        out.append({"off_category_share": share, "batch": batch, "draws": n_draws, "drifted": drifted,
+                    "rate": drifted / n_draws, "median_p": statistics.median(p_values), "alpha": d.alpha,
                     "n_reference": int(r["n_reference"])})
     return out
 
@@ -124,12 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--project", type=Path, default=None, help="a built clip-art project (ingest + features ran)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--draws", type=int, default=20)
+    ap.add_argument("--null-draws", type=int, default=100, help="draws of held-back batches (the false-alarm rate)")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="10 images per class at 64 px: checks the code path")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seeds, args.draws, args.batch, args.reps = 1, 2, 20, 1
+        args.seeds, args.draws, args.null_draws, args.batch, args.reps = 1, 2, 2, 20, 1
     work = OUT / "label_audit_and_drift"
     work.mkdir(parents=True, exist_ok=True)
     params, paths = built_project("label_audit_and_drift", args.project, args.quick)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     for share in (0.05, 0.10, 0.20):
         emit(QUESTION_AUDIT, **audit_precision(params, paths, share, args.seeds))
     offcat, added = off_category_project(params, paths, work, 5 if args.quick else 40)
-    for row in drift_rates(params, paths, offcat, added, args.draws, args.batch):
+    for row in drift_rates(params, paths, offcat, added, args.draws, args.batch, args.null_draws):
         emit(QUESTION_DRIFT, **row)
 
 

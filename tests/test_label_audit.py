@@ -44,7 +44,7 @@ def test_labels_moved_to_a_wrong_class_are_found(modality_project, tmp_path):
     """10 % of the train labels moved to a wrong class, N = how many: at least half of the top-N rows are moved
     samples on the texts (head accuracy ~0.95). On the 96 px, 50-per-class images (head accuracy ~0.64: a third of
     the clean samples look as wrong as a moved one) the precision is bounded by the model; there it must be at least
-    3x what ranking by chance gives, and the issue's >= 0.5 is measured on the demo itself (bench/RESULTS.md §29)."""
+    3x what ranking by chance gives, and the issue's >= 0.5 is measured on the demo itself (bench/RESULTS.md §29b)."""
     paths, params, _ = modality_project
     proj = private_copy(paths, tmp_path / "proj")
     moved = move_labels(proj, 0.1)
