@@ -55,7 +55,8 @@ def label_issues(params: Params, paths: ProjectPaths,
     """(the label-issue rows, most suspect first; folds used; why the audit was skipped, or None)."""
     rows = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
     try:
-        features, fingerprint = feature_rows(params, paths, rows["sha256"].tolist())
+        # the fold fits pass over their rows ~15 times each: keep them in memory as the head stage does (its budget)
+        features, fingerprint = feature_rows(params, paths, rows["sha256"].tolist(), params.head.memory_mb << 20)
         audit, classes, folds = audit_labels(params, features, rows["label"].to_numpy(), fingerprint)
     except UserError as exc:
         if "label audit" not in str(exc):

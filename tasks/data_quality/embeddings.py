@@ -16,12 +16,12 @@ from tasks.extraction.feature_store import open_store
 from tasks.training.feature_rows import CHUNK_BYTES, FeatureRows
 
 
-def feature_rows(params: Params, paths: ProjectPaths, keys) -> tuple[FeatureRows, str]:
-    """(FeatureRows of `keys` in that order, the store's fingerprint); a key without cached features is a one-line
-    UserError from the store (run the features stage)."""
+def feature_rows(params: Params, paths: ProjectPaths, keys, cache_bytes: int = 0) -> tuple[FeatureRows, str]:
+    """(FeatureRows of `keys` in that order, keeping up to `cache_bytes` of chunks between passes; the store's
+    fingerprint). A key without cached features is a one-line UserError from the store (run the features stage)."""
     store = open_store(params, paths)
     store.check_recipe(params)
-    return FeatureRows.from_store(store, np.asarray(keys, dtype="S64"), CHUNK_BYTES), store.fingerprint
+    return FeatureRows.from_store(store, np.asarray(keys, dtype="S64"), CHUNK_BYTES, cache_bytes), store.fingerprint
 
 
 def read_embeddings(params: Params, paths: ProjectPaths, keys) -> np.ndarray:
