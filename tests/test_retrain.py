@@ -192,3 +192,21 @@ def test_a_fresh_clone_and_dvc_pull_restore_the_champion_and_the_deploy_reposito
     assert champion_version(clone) == champion_version(paths)
     assert _sha(champion_model(clone)) == _sha(champion_model(paths))
     assert _deploy_tree(clone) == _deploy_tree(paths)
+
+
+@pytest.mark.slow
+def test_a_training_run_shows_its_metrics_with_intervals_in_prefect(built_copy, prefect_harness):
+    """The training flow publishes its metrics (with intervals and the plots' links) and the per-class table as
+    artifacts of its run, read back through the Prefect client; no verdict: a training run promotes nothing."""
+    from flows.train import train_flow
+
+    state = train_flow(root=str(built_copy.root), commit=False, return_state=True)
+    assert state.is_completed()
+    shown = _artifacts(state.state_details.flow_run_id)
+    assert set(shown) == {"headstart-metrics", "headstart-per-class"}
+    metrics = json.loads((built_copy.metrics / "metrics.json").read_text())
+    text = shown["headstart-metrics"].data
+    assert f"n = {metrics['n']}" in text and f"[{metrics['f1_macro_ci_low']:.3f}, " in text
+    assert all(f"{name}.png" in text for name in ("confusion_matrix", "reliability", "per_class_f1", "top_losses"))
+    rows = json.loads(shown["headstart-per-class"].data)
+    assert {r["class"] for r in rows} == set(json.loads((built_copy.metrics / "per_class.json").read_text()))
