@@ -47,7 +47,8 @@ def compare(params: Params, paths: ProjectPaths, candidate: Candidate | None = N
         gone = len(holdout - present)
         if gone:
             log(f"promotion: warning: {gone} of {len(holdout)} trusted hold-out samples are no longer in the test split "
-                f"(deleted or rejected since); the hold-out check uses the {len(holdout) - gone} still there")
+                f"(deleted, rejected, or moved to train beside a near-duplicate since); the hold-out check uses the "
+                f"{len(holdout) - gone} still there")
     predicted: dict = {}
     scores = score_models(models, params, paths, "test", {"holdout": holdout} if holdout else None, predicted)
     for view in scores["challenger"].values():
