@@ -105,6 +105,34 @@ def _write_pictures(paths: ProjectPaths, split: str, rows, probs: np.ndarray, cl
                             paths.plots / f"{name}.png")
 
 
+def _rows_to_score(manifest: pd.DataFrame, split: str, head: Head, paths: ProjectPaths) -> pd.DataFrame:
+    """The manifest rows of `split`; a one-line UserError when it is empty or holds a label the head does not know."""
+    rows = split_rows(manifest, split)
+    if not len(rows):
+        raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
+    unknown = sorted(set(rows["label"]) - set(head.classes))
+    if unknown:
+        raise UserError(f"label '{unknown[0]}' in the {split} split is not a class of {paths.head}; re-run head")
+    return rows
+
+
+def _metrics_with_intervals(y: np.ndarray, pred: np.ndarray, classes: list[str], seed: int,
+                            split: str) -> tuple[dict, dict, list[str]]:
+    """The headline metrics, each followed by its 95 % interval (the order `dvc metrics show` / `dvc exp show` list
+    them in), per-class metrics with theirs, and the classes absent from the split (warned about)."""
+    metrics, per_class = compute_metrics(y, pred, classes)
+    absent = metrics.pop("classes_absent")
+    if absent:
+        log(f"evaluate: warning: class(es) {', '.join(absent)} have no image in the {split} split: averages cover "
+            f"the {len(per_class)} classes present; add {split} samples of them to score them")
+    intervals, class_intervals = metric_intervals(y, pred, classes, seed=seed)
+    for c, ci in class_intervals.items():
+        per_class[c] |= ci
+    headline = {k: v for m in HEADLINE for k, v in ((m, metrics[m]), (f"{m}_ci_low", intervals[f"{m}_ci_low"]),
+                                                    (f"{m}_ci_high", intervals[f"{m}_ci_high"]))}
+    return headline, per_class, absent
+
+
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
     """Score `evaluate.artifact` (default: the exported ONNX model, as a server would run it) on `evaluate.split`;
     write metrics JSON, per-class JSON, confusion CSV and PNG, and the model card. An int8 variant, when exported, is
@@ -119,26 +147,12 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
         log("evaluate: the backbone was fine-tuned, so cached features no longer describe the model; scoring the ONNX")
         artifact = "onnx"
     manifest = read_manifest(paths)
-    rows = split_rows(manifest, split)
+    rows = _rows_to_score(manifest, split, head, paths)
     y = rows["label"].to_numpy()
-    if not len(y):
-        raise UserError(f"{paths.manifest}: the {split} split is empty; raise ingest.{split}_fraction")
-    unknown = sorted(set(y) - set(head.classes))
-    if unknown:
-        raise UserError(f"label '{unknown[0]}' in the {split} split is not a class of {paths.head}; re-run head")
     probs, scored, end_to_end = _score(params, paths, rows, head, artifact)
     pred = np.array(head.classes)[probs.argmax(1)]
-    metrics, per_class = compute_metrics(y, pred, head.classes)
-    if metrics["classes_absent"]:
-        log(f"evaluate: warning: class(es) {', '.join(metrics['classes_absent'])} have no image in the {split} split: "
-            f"averages cover the {len(per_class)} classes present; add {split} samples of them to score them")
-    how = {"split": split, "artifact": scored, "classes_absent": metrics.pop("classes_absent")}
-    intervals, class_intervals = metric_intervals(y, pred, head.classes, seed=params.seed)
-    for c, ci in class_intervals.items():
-        per_class[c] |= ci
-    # each metric, then its interval: `dvc metrics show` / `dvc exp show` list them side by side
-    metrics = {k: v for m in HEADLINE for k, v in ((m, metrics[m]), (f"{m}_ci_low", intervals[f"{m}_ci_low"]),
-                                                   (f"{m}_ci_high", intervals[f"{m}_ci_high"]))}
+    metrics, per_class, classes_absent = _metrics_with_intervals(y, pred, head.classes, params.seed, split)
+    how = {"split": split, "artifact": scored, "classes_absent": classes_absent}
     curve, ece = reliability(probs, pred == y)
     metrics |= {"n": int(len(y)), "ece": ece}
     if end_to_end:
