@@ -69,9 +69,9 @@ class ServeLimits:
 
     def describe(self) -> str:
         """One line: the limits in force (for the start-up message)."""
-        return (f"limits: body {_size(self.max_body_bytes)}, JSON {_size(self.max_json_bytes)}, text "
-                f"{_size(self.max_text_bytes)} x {self.max_elements} elements, {self.max_in_flight} requests in "
-                f"flight, body within {self.body_timeout_seconds:g} s")
+        return (f"limits: body {_size(self.max_body_bytes)}, JSON {_size(self.max_json_bytes)}, "
+                f"{self.max_elements} elements an input, texts {_size(self.max_text_bytes)} each, "
+                f"{self.max_in_flight} requests in flight, body within {self.body_timeout_seconds:g} s")
 
 
 def _size(n: int | None) -> str:
