@@ -12,8 +12,13 @@ import sys
 
 from tasks.core.errors import UserError, exit_on_user_error
 from tasks.core.paths import ProjectPaths, default_paths
-from tasks.inference_server.limits import (DEFAULT_BODY_TIMEOUT, DEFAULT_IN_FLIGHT, DEFAULT_TEXT_BYTES, JSON_CAP,
-                                           ServeLimits)
+from tasks.inference_server.limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_IN_FLIGHT,
+    DEFAULT_TEXT_BYTES,
+    JSON_CAP,
+    ServeLimits,
+)
 from tasks.inference_server.memory import tune_allocator
 
 

@@ -19,8 +19,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from tasks.core.progress import log
-from tasks.inference_server.contract import (BadRequest, Busy, NotFound, SlowBody, TooLarge, UnsupportedEncoding,
-                                             one_line, shown)
+from tasks.inference_server.contract import (
+    BadRequest,
+    Busy,
+    NotFound,
+    SlowBody,
+    TooLarge,
+    UnsupportedEncoding,
+    one_line,
+    shown,
+)
 from tasks.inference_server.inference import InferenceService, RequestedOutput, Tensor, WireTensor
 from tasks.inference_server.limits import RETRY_AFTER_SECONDS, ServeLimits
 from tasks.inference_server.v2_request import InferRequest, parse_request_json
