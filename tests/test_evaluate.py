@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -149,5 +150,14 @@ def test_the_pictures_their_tables_and_the_card_show_the_intervals(modality_proj
     card = (paths.models / "MODEL_CARD.md").read_text()
     acc = f"accuracy {metrics['accuracy']:.3f} [{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}]"
     assert acc in card and "## Pictures" in card and "Highest losses" in card
-    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", card):
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", card)
+    for link in links:
         assert (paths.models / link).exists(), link
+    # the promotion's copy (what lands in registry/vNNNN/) carries the pictures where the card's links find them
+    from tasks.registry.staging import snapshot_candidate
+
+    copy = snapshot_candidate(paths)
+    try:
+        assert links and all((copy.folder / link).exists() for link in links)
+    finally:
+        shutil.rmtree(copy.folder.parent)

@@ -84,6 +84,10 @@ def snapshot_candidate(paths: ProjectPaths) -> Candidate:
             if name != "MODEL_CARD.md":
                 raise UserError(f"{paths.models / name} not found: build a candidate first (`headstart run` or "
                                 f"`dvc repro`)") from None
+    # the card's pictures, where its relative links (`plots/<name>.png`) find them in the version's folder too
+    for png in sorted(paths.plots.glob("*.png")):
+        (folder / "plots").mkdir(exist_ok=True)
+        shutil.copyfile(png, folder / "plots" / png.name)
     with open(folder / "model.onnx", "rb") as f:
         sha = hashlib.file_digest(f, "sha256").hexdigest()
     return Candidate(folder, sha)
