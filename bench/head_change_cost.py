@@ -30,8 +30,8 @@ STAGES_AFTER_HEAD = ("head", "finetune", "export", "evaluate")
 
 def reset(root: Path) -> None:
     """Remove every stage output and dvc.lock: the next repro is cold."""
-    for sub in ("data/prepared", "data/features", "data/.locks", "models/metrics", "models/plots", "models/finetune",
-                "models/int8", "models/checkpoints"):
+    for sub in ("data/prepared", "data/features", "data/.locks", "data/reports", "models/metrics", "models/plots",
+                "models/finetune", "models/int8", "models/checkpoints"):
         shutil.rmtree(root / sub, ignore_errors=True)
     for f in ("dvc.lock", "models/head.npz", "models/head.json", "models/model.onnx", "models/labels.txt",
               "models/MODEL_CARD.md"):
