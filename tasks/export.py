@@ -119,7 +119,7 @@ def _int8_variant(params: Params, paths: ProjectPaths, classes: list[str], modal
         val_x, val_y = split_samples(params, paths, "val", 10_000)
         if not len(val_y):
             val_x, val_y = split_samples(params, paths, "test", 10_000)
-        if modality.name == "text":  # dynamic: no calibration
+        if not modality.int8_calibrated:
             quantize, recipe, calibrated = quantize_dynamic_int8, TEXT_RECIPE, 0
         else:
             calib, _ = split_samples(params, paths, "train", p.int8_calibration_images)

@@ -32,6 +32,7 @@ class Modality(ABC):
     default_extensions: frozenset[str]  # what a folder source or `headstart predict` picks up
     reads_inline_text: bool = False  # a CSV source may carry the sample itself in a `text` column
     channels_last: bool = False      # train in torch's channels_last memory format on CPU
+    int8_calibrated: bool = True     # int8 with ranges calibrated on training samples (static); False: dynamic
     card_template: str               # its model-card paragraphs: a Jinja2 file under tasks/modality/ (macros what, limits)
 
     # ---- reading data (ingest, change detection, predict)

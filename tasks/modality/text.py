@@ -54,6 +54,7 @@ class TextModality(Modality):
     default_extensions = frozenset(TEXT_EXTENSIONS)
     reads_inline_text = True
     channels_last = False
+    int8_calibrated = False  # dynamic int8 of the encoder's matrix multiplications: no calibration set
     card_template = "cards/text_card.md.j2"
 
     def csv_encoding(self, p: IngestParams) -> str:
