@@ -8,8 +8,8 @@ Run from the repository root:
     (options: --size PX, --epochs N, --reps N, --set KEY=VALUE [...])
 
 On a CPU without AMX and AVX512-BF16 (no `amx_bf16` / `avx512_bf16` in /proc/cpuinfo) it prints one row saying so and
-what `finetune.amp=bf16` answers there (the stage's one-line refusal), and runs nothing else: emulated bf16 is not
-what the item is about. Elsewhere both sides run the fine-tune stage as `dvc repro` does (`python -m tasks.finetune`),
+what `finetune.amp=bf16` answers there (the stage's one-line refusal), plus one probe: a Lite0 training step (64 px,
+batch 8) timed in fp32 and in bf16 autocast without hardware bf16, as `amp=auto`'s start-up measurement times it. Elsewhere both sides run the fine-tune stage as `dvc repro` does (`python -m tasks.finetune`),
 then export and evaluate the shipped model on the test split (`bench.finetune_nproc_cpu.finetune_side`), in
 alternating order over `--reps` rounds; the ratio printed is bf16/fp32 images/s (> 1: bf16 is faster). Benchmarks
 report, they do not gate.
@@ -45,7 +45,7 @@ def main() -> None:
         except UserError as exc:
             refusal = str(exc)
         emit(QUESTION, cpu=_cpu(), cpu_flags=flags or "none of avx512*/amx*/bf16", needs=list(CPU_BF16_FLAGS),
-             skipped="this CPU has neither AMX nor AVX512-BF16: bf16 would be emulated; nothing measured",
+             skipped="this CPU has neither AMX nor AVX512-BF16: the fine-tune comparison did not run",
              amp_bf16_answer=refusal, emulated_bf16_speed_vs_fp32_at_64px=_emulated_ratio(64), load_avg=os.getloadavg())
         return
     size, epochs = (64, 1) if args.quick else (args.size, args.epochs)

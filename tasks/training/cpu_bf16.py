@@ -1,8 +1,9 @@
 """bf16 autocast on a CPU: whether the CPU computes bf16 in hardware, and whether it pays for this model.
 
 A CPU with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) runs bf16 matrix products natively (oneDNN picks those
-kernels); without either, torch emulates bf16 in fp32 and autocast only adds casts. So `finetune.amp=bf16` on CPU is
-accepted only where /proc/cpuinfo lists one of the two flags, and `amp=auto` on such a CPU times a few real training
+kernels); without either, bf16 has no hardware support and its speed and accuracy are untested (once measured here on
+an AVX2-only CPU under load, a training step was even faster in bf16: bench/RESULTS.md §27b). So `finetune.amp=bf16`
+on CPU is accepted only where /proc/cpuinfo lists one of the two flags (what the issue asked), and `amp=auto` on such a CPU times a few real training
 steps both ways at start-up (`bf16_pays`) and keeps bf16 only when it is clearly faster: depthwise convolutions and
 element-wise layers gain little from bf16, so on some networks it does not pay even with AMX.
 """
@@ -50,8 +51,7 @@ def require_cpu_bf16(flags: set[str] | None = None) -> None:
     """One-line UserError where `finetune.amp=bf16` is asked for on a CPU that lacks AMX and AVX512-BF16."""
     if not cpu_has_bf16(flags):
         raise UserError(f"finetune.amp=bf16 on CPU needs AMX or AVX512-BF16 (/proc/cpuinfo flags amx_bf16 or "
-                        f"avx512_bf16); {cpu_model_name()} has neither, so bf16 would be emulated and slower: use "
-                        f"finetune.amp=off (or auto)")
+                        f"avx512_bf16); {cpu_model_name()} has neither: use finetune.amp=off (or auto)")
 
 
 def bf16_pays(model, batch, steps: int = 3) -> tuple[bool, float]:
