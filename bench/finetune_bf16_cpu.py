@@ -17,11 +17,10 @@ report, they do not gate.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from bench._harness import OUT, emit
-from bench.finetune_nproc_cpu import _cpu, built_demo, finetune_side
+from bench.finetune_nproc_cpu import _cpu, arguments, built_demo, finetune_side
 
 QUESTION = "bf16 autocast vs fp32 fine-tuning on a CPU with AMX / AVX512-BF16: speed and accuracy"
 
@@ -30,13 +29,7 @@ def main() -> None:
     from tasks.core.errors import UserError
     from tasks.training.cpu_bf16 import CPU_BF16_FLAGS, cpu_flags, cpu_has_bf16, require_cpu_bf16
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--set", action="append", default=[])
-    args = ap.parse_args()
+    args = arguments(__doc__)
     flags = sorted(f for f in cpu_flags() if "avx512" in f or "amx" in f or "bf16" in f)
     if not cpu_has_bf16():
         try:

@@ -69,18 +69,22 @@ def built_demo(dest, size: int, quick: bool):
     return paths
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The options both fine-tuning benches take: --quick, --size, --epochs, --reps, --set."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--set", action="append", default=[])
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__)
     size, epochs = (64, 1) if args.quick else (args.size, args.epochs)
     paths = built_demo(OUT / "finetune_nproc_cpu" / f"project-{size}{'-quick' if args.quick else ''}", size, args.quick)
-    # the frozen head is scored on val as epoch 0 by both sides; keep-the-best is off for the comparison's sake: both
-    # sides train every epoch (patience above epochs) and the kept model is whichever is best on val
+    # patience above epochs: both sides train every epoch; the kept model is still the best on val (epoch 0 included)
     base = ["finetune.strategy=last_n", "finetune.last_n=3", f"finetune.epochs={epochs}",
             f"finetune.patience={epochs + 1}", "finetune.amp=off", *args.set]
     sides = {"1 process, 2 threads": ["finetune.nproc=1", "finetune.threads=0"],
