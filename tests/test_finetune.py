@@ -133,6 +133,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(ft_project, tmp_path
     assert not last.exists()  # a finished run leaves nothing to resume
 
 
+@pytest.mark.slow  # a fine-tuning run
 def test_a_finetune_that_hurts_ships_the_frozen_head(ft_project, tmp_path):
     from tasks.export import run_export
     from tasks.extraction.feature_store import split_features

@@ -299,6 +299,7 @@ def test_a_promotion_switches_the_running_server_with_no_failed_request_and_old_
         srv.stop()
 
 
+@pytest.mark.slow  # a server
 def test_a_champion_with_another_input_size_is_served_beside_the_old_versions(champion_project, tmp_path):
     from tasks.core.stages import stage_function
 

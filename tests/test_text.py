@@ -179,6 +179,7 @@ def test_pretrained_minilm_transfers_and_random_init_does_not(text_project):
     assert scores["default"] >= 0.8 and scores["default"] - scores["random"] >= 0.20, scores
 
 
+@pytest.mark.slow  # a fine-tuning run
 def test_fine_tuning_unfreezes_top_encoder_layers_and_a_tuned_text_model_exports_with_its_tokenizer(text_project,
                                                                                                    tmp_path):
     """last_n on a transformer: the top layers train (dropout on), the rest and the embeddings are frozen in eval
