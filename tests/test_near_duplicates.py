@@ -43,3 +43,15 @@ def test_a_resized_copy_is_found_and_kept_in_its_twins_split(built_project, buil
     split = dict(zip(*[read_manifest(proj)[c] for c in ("path", "split")]))
     assert all(split[c] == split[t] for c, t in twins.items())
     assert run_audit(params, proj).cross_split_pairs == 0
+
+
+def test_a_chain_of_look_alikes_is_not_joined_into_one_split():
+    from tasks.dataset.splits import join_near_duplicates
+
+    n = 20  # one class of look-alike samples: every neighbour pair above the threshold chains the whole class
+    df = pd.DataFrame({"sha256": [f"s{i}" for i in range(n)], "label": ["a"] * n, "group": [f"g{i}" for i in range(n)],
+                       "path": [f"a/{i}.png" for i in range(n)], "explicit_split": [None] * n})
+    split = ["train"] * 14 + ["val"] * 3 + ["test"] * 3
+    chain = [(f"s{i}", f"s{i + 1}") for i in range(n - 1)]
+    assert join_near_duplicates(df, split, chain) == 0 and split.count("test") == 3  # left as they were
+    assert join_near_duplicates(df, split, [("s0", "s19")]) == 1 and split[19] == "train"  # a real pair still joins

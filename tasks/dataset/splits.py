@@ -39,6 +39,7 @@ def group_key(rel: str, pattern: re.Pattern | None) -> str:
 
 
 NEAR_DUPLICATES_CSV = "near_duplicates.csv"  # under data/reports/ (ProjectPaths.reports)
+MAX_JOINED_GROUP, MAX_JOINED_SHARE = 4, 0.1  # a joined group: at most 4 files, or 10 % of its class(es), if more
 NEAR_DUPLICATE_COLUMNS = ["path_a", "path_b", "cosine", "split_a", "split_b", "label_a", "label_b", "sha256_a",
                           "sha256_b"]
 
@@ -83,8 +84,17 @@ def join_near_duplicates(df: pd.DataFrame, split: list[str], pairs: list[tuple[s
         members.setdefault(root(i), []).append(i)
     explicit = [s if isinstance(s, str) else None for s in df["explicit_split"]]
     moved = 0
+    class_size = df["label"].value_counts()
     for r in {root(i) for i in touched}:
         rows = members[r]
+        labels = sorted(set(df["label"].iloc[rows]))
+        # near-duplicate pairs chain: a group holding a large share of its class is not duplication but a class of
+        # look-alike samples (the threshold is too loose for this data); joining it would empty the class's val/test
+        if len(rows) > max(MAX_JOINED_GROUP, MAX_JOINED_SHARE * class_size[labels].sum()):
+            log(f"ingest: warning: {len(rows)} files of class(es) {', '.join(labels)} chain into one near-duplicate "
+                f"group (e.g. {', '.join(df['path'].iloc[rows[:2]])}); left in their splits: raise "
+                f"audit.near_duplicate_cosine for data this alike")
+            continue
         fixed = {explicit[i] for i in rows if explicit[i]}
         if len(fixed) > 1:
             log(f"ingest: warning: near-duplicates {', '.join(df['path'].iloc[rows[:3]])} have explicit splits "
