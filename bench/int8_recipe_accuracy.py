@@ -1,29 +1,35 @@
-"""Which int8 recipe keeps fp32's accuracy? Quantisation recipes against fp32 on Fashion-MNIST's official 10k test.
-(RESULTS.md section 13d)
+"""Which int8 recipe keeps fp32's accuracy, and pays? Quantisation recipes against fp32 on Fashion-MNIST's official
+10k test, or on the clip-art demo's val and test splits (RESULTS.md sections 13d and 28b)
 
 A fresh scratch project (frozen backbone at --size px, linear head on --train training images, the whole official
 test set as test) is run through ingest, features, head, finetune and export in a fresh Python process
 (`python -m bench.int8_recipe_accuracy --child ...`, each stage as the pipeline runs it); then each recipe quantises
 the exported `models/model.onnx` with headstart's own `tasks.runtime.int8.quantize_int8` (calibrated on
 --calibration training images, uint8 as a client sends them) and is scored on the test images against the fp32 graph
-in the same process: accuracy, top-1 agreement with fp32, batch-1 latency (median) and batch-32 throughput, size.
-One point of accuracy is 100 images here, not 2.4 as on the demo's val split. One JSON row per recipe.
+in the same process: accuracy, top-1 agreement with fp32, size, and speed against fp32 at batch 32 for each of
+--threads: the median over --pairs of fp32 seconds / int8 seconds, the two run back to back in alternating order
+(`tasks.runtime.int8.paired_speedup`, what export's gate measures). One point of accuracy is 100 images here, not 2.4
+as on the demo's val split. One JSON row per recipe, fp32 first.
 
-Run:  python -m bench.int8_recipe_accuracy [--size 64] [--train 6000] [--calibration 256] [--test 0 (all)]
-      [--recipe NAME ...] [--workdir bench/out/int8_recipe_accuracy] [--quick]
+`--data demo` scores the same recipes on a clip-art demo project (--project, or one built here at 224 px): val
+(the split export's gate uses) and test.
+
+Run:  python -m bench.int8_recipe_accuracy [--data fmnist|demo] [--project PATH] [--size 64] [--train 6000]
+      [--calibration 256] [--test 0 (all)] [--recipe NAME ...] [--threads 1 2] [--pairs 7]
+      [--workdir bench/out/int8_recipe_accuracy] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench._harness import OUT, emit, fmnist_csv, reply, run_child, run_stages, scratch_project, stage_params
+from bench._harness import (OUT, built_project, emit, fmnist_csv, reply, run_child, run_stages, scratch_project,
+                            stage_params)
 
 QUESTION = "Which int8 recipe keeps fp32's accuracy?"
 
@@ -65,6 +71,11 @@ def _recipes() -> dict[str, dict]:
     """Name -> keyword arguments of `tasks.runtime.int8.quantize_int8` (its defaults are the shipped recipe)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
+    ent, pct = CalibrationMethod.Entropy, CalibrationMethod.Percentile
+    from tasks.runtime.int8_image import DATA_PATH_OPS
+
+    every = {"op_types": DATA_PATH_OPS, "keep_depthwise_fp32": False}  # the whole image path, depthwise too
+    sym = {"ActivationSymmetric": True}
     return {
         "all_convolutions": {"keep_depthwise_fp32": False},
         "shipped (depthwise in float)": {},
@@ -74,38 +85,72 @@ def _recipes() -> dict[str, dict]:
         "qoperator": {"quant_format": QuantFormat.QOperator, "keep_depthwise_fp32": False},
         "head_fp32": {"keep_head_fp32": True, "keep_depthwise_fp32": False},
         "depthwise_fp32+reduce_range": {"reduce_range": True},
-        "percentile": {"calibrate_method": CalibrationMethod.Percentile, "keep_depthwise_fp32": False},
-        "entropy": {"calibrate_method": CalibrationMethod.Entropy, "keep_depthwise_fp32": False},
+        "percentile": {"calibrate_method": pct, "keep_depthwise_fp32": False},
+        "entropy": {"calibrate_method": ent, "keep_depthwise_fp32": False},
         # issue 28: better calibration on top of the shipped recipe (depthwise in float), and its QOperator form
-        "percentile (depthwise in float)": {"calibrate_method": CalibrationMethod.Percentile},
-        "entropy (depthwise in float)": {"calibrate_method": CalibrationMethod.Entropy},
+        "percentile (depthwise in float)": {"calibrate_method": pct},
+        "entropy (depthwise in float)": {"calibrate_method": ent},
         "qoperator (depthwise in float)": {"quant_format": QuantFormat.QOperator},
+        # issue 28 on a VNNI CPU: the features the head was trained on kept float (last conv, pooling, head)
+        "depthwise+tail in float": {"keep": ("last_conv", "features_tail", "head")},
+        "convs, tail in float": {"keep_depthwise_fp32": False, "keep": ("last_conv", "features_tail", "head")},
+        # every op quantised (Add, Clip, pooling too: int8 from one conv to the next, no float round trips)
+        "every op": every,
+        "every op, tail in float": {**every, "keep": ("last_conv", "features_tail", "head")},
+        "every op, head in float": {**every, "keep": ("head",)},
+        "every op, tail+stem in float": {**every, "keep": ("first_conv", "last_conv", "features_tail", "head")},
+        "every op, depthwise+tail in float": {**every, "keep": ("depthwise", "last_conv", "features_tail", "head")},
+        "every op, entropy, tail in float": {**every, "calibrate_method": ent,
+                                             "keep": ("last_conv", "features_tail", "head")},
+        "every op, percentile, tail in float": {**every, "calibrate_method": pct,
+                                                "keep": ("last_conv", "features_tail", "head")},
+        "every op, symmetric act, tail in float": {**every, "extra_options": sym,
+                                                   "keep": ("last_conv", "features_tail", "head")},
+        "every op, per-tensor, tail in float": {**every, "per_channel": False,
+                                                "keep": ("last_conv", "features_tail", "head")},
     }
 
 
-def _score(path: Path, images: np.ndarray, reps: int = 50) -> tuple[np.ndarray, float, float]:
-    """(predicted class indices, batch-1 median ms, batch-32 img/s) on `images`."""
+def _calibration_cache(workdir: Path, root: Path, n: int, kwargs: dict) -> Path:
+    """One JSON file of tensor ranges per (project, calibration images, method, op types): recipes that differ only
+    in which nodes stay float share one calibration run."""
+    method = str(kwargs.get("calibrate_method", "MinMax")).split(".")[-1]
+    ops = {None: "all", ("Conv", "Gemm", "MatMul"): "convs"}.get(kwargs.get("op_types", ("Conv", "Gemm", "MatMul")),
+                                                                  "path")
+    extra = "-".join(sorted(k for k in (kwargs.get("extra_options") or {}) if k.startswith("Calib")))
+    return workdir / "calibration" / f"{root.name}-{n}-{method}-{ops}{extra}.json"
+
+
+def _speedups(fp32_path: Path, int8_path: Path, batch: np.ndarray, threads: list[int], pairs: int) -> dict:
+    """{"x_fp32_<t>t": median paired fp32 s / int8 s at batch len(batch), t intra-op threads} for each t."""
+    from tasks.runtime.int8 import paired_speedup
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
-    clf = OnnxClassifier(path)
-    clf.probs(images[:32])
-    lat = []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        clf.probs(images[i % len(images)][None])
-        lat.append((time.perf_counter() - t0) * 1e3)
-    t0 = time.perf_counter()
-    pred = np.concatenate([clf.probs(images[i : i + 32]).argmax(1) for i in range(0, len(images), 32)])
-    return pred, statistics.median(lat), len(images) / (time.perf_counter() - t0)
+    out = {}
+    for t in threads:
+        fp32, int8 = OnnxClassifier(fp32_path, t), OnnxClassifier(int8_path, t)
+        fp32.probs(batch), int8.probs(batch)  # warm-up
+        out[f"x_fp32_{t}t"] = round(paired_speedup(fp32, int8, batch, pairs), 3)
+    return out
+
+
+def _predict(path: Path, images: np.ndarray) -> np.ndarray:
+    from tasks.runtime.onnx_classifier import OnnxClassifier
+
+    return OnnxClassifier(path).probs_batched(images).argmax(1)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=("fmnist", "demo"), default="fmnist")
+    ap.add_argument("--project", type=Path, help="--data demo: a built demo project (default: one built here)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--train", type=int, default=6000)
     ap.add_argument("--test", type=int, default=0, help="a stratified share of the official test set (0: all 10k)")
     ap.add_argument("--calibration", type=int, default=256)
     ap.add_argument("--recipe", action="append", help="recipes to try (default: all)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=OUT / "int8_recipe_accuracy")
     ap.add_argument("--quick", action="store_true", help="200 train / 100 test images, 32 calibration images, the "
                                                          "shipped recipe: checks the code path")
@@ -115,40 +160,50 @@ def main(argv: list[str] | None = None) -> None:
         reply(child(args.child))
         return
     if args.quick:
-        args.train, args.test, args.calibration = 200, 100, 32
+        args.train, args.test, args.calibration, args.pairs = 200, 100, 32, 3
         args.recipe = args.recipe or ["shipped (depthwise in float)"]
 
-    from tasks.core.paths import ProjectPaths
     from tasks.modality.samples import split_samples
     from tasks.runtime.int8 import quantize_int8
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
-    root = _project(args.workdir, args.size, args.train, args.test, 0.02 if args.quick else 1.0)
-    paths = ProjectPaths(root)
-    params = stage_params(paths)
-    test, labels = split_samples(params, paths, "test", 10_000)
+    if args.data == "demo":
+        params, paths = built_project("int8_recipe_accuracy", args.project, args.quick)
+        splits = {s: split_samples(params, paths, s, 100_000) for s in ("val", "test")}
+    else:
+        from tasks.core.paths import ProjectPaths
+
+        paths = ProjectPaths(_project(args.workdir, args.size, args.train, args.test, 0.02 if args.quick else 1.0))
+        params = stage_params(paths)
+        splits = {"test": split_samples(params, paths, "test", 10_000)}
     calib, _ = split_samples(params, paths, "train", args.calibration)
-    fp32_pred, fp32_ms, fp32_ips = _score(paths.onnx, test)
     classes = np.array(OnnxClassifier(paths.onnx).classes)
-    fp32_acc = float((classes[fp32_pred] == labels).mean())
-    fp32_mb = paths.onnx.stat().st_size / 1e6
-    common = {"test_images": len(test), "size": args.size, "train": args.train, "calibration": args.calibration,
-              "cpu": _cpu(), "quick": args.quick}
-    emit(QUESTION, recipe="fp32", accuracy=round(fp32_acc, 4), drop=0.0, top1_equal_fp32=1.0,
-         batch1_ms=round(fp32_ms, 2), batch32_img_s=round(fp32_ips), x_fp32=1.0, mb=round(fp32_mb, 1), **common)
+    batch = splits["test"][0][:32]
+    fp32_pred = {s: _predict(paths.onnx, x) for s, (x, _) in splits.items()}
+    fp32_acc = {s: float((classes[fp32_pred[s]] == y).mean()) for s, (_, y) in splits.items()}
+    common = {"data": args.data, "size": params.backbone.input_size, "calibration": len(calib), "cpu": _cpu(),
+              "quick": args.quick, **{f"{s}_images": len(x) for s, (x, _) in splits.items()}}
+    emit(QUESTION, recipe="fp32", **{f"{s}_accuracy": round(a, 4) for s, a in fp32_acc.items()},
+         mb=round(paths.onnx.stat().st_size / 1e6, 1), **common)
     recipes = _recipes()
     for name in args.recipe or recipes:
+        kwargs = recipes[name]
+        cache = _calibration_cache(args.workdir, paths.root, len(calib), kwargs)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "int8.onnx"
             t0 = time.perf_counter()
-            quantize_int8(paths.onnx, out, calib, **recipes[name])
+            quantize_int8(paths.onnx, out, calib, calibration_cache=cache, **kwargs)
             build = time.perf_counter() - t0
-            pred, ms, ips = _score(out, test)
-            acc = float((classes[pred] == labels).mean())
-            emit(QUESTION, recipe=name, accuracy=round(acc, 4), drop=round(fp32_acc - acc, 4),
-                 top1_equal_fp32=round(float((pred == fp32_pred).mean()), 4), batch1_ms=round(ms, 2),
-                 batch32_img_s=round(ips), x_fp32=round(ips / fp32_ips, 2), mb=round(out.stat().st_size / 1e6, 1),
-                 build_s=round(build, 1), **common)
+            row = {}
+            for s, (x, y) in splits.items():
+                pred = _predict(out, x)
+                acc = float((classes[pred] == y).mean())
+                row |= {f"{s}_accuracy": round(acc, 4), f"{s}_drop": round(fp32_acc[s] - acc, 4),
+                        f"{s}_top1_equal_fp32": round(float((pred == fp32_pred[s]).mean()), 4)}
+            row |= _speedups(paths.onnx, out, batch, args.threads, args.pairs)
+            emit(QUESTION, recipe=name, **row, mb=round(out.stat().st_size / 1e6, 1), build_s=round(build, 1),
+                 uptime=Path("/proc/loadavg").read_text().split()[0], **common)
 
 
 def _cpu() -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from tasks.core.files import atomic_path
+from tasks.runtime.int8_image import quantize_int8  # noqa: F401  (the image recipe; re-exported)
 
 
 @dataclass
@@ -50,61 +51,6 @@ class Int8Report:
     cpu_int8: str
     recipe: str
     seconds: float
-
-
-class _Calibration:
-    """CalibrationDataReader over uint8 NHWC images, in batches."""
-
-    def __init__(self, images: np.ndarray, batch: int = 16):
-        self._batches = iter([{"images": images[i : i + batch]} for i in range(0, len(images), batch)])
-
-    def get_next(self):
-        return next(self._batches, None)
-
-    def rewind(self):  # part of the reader protocol in recent onnxruntime
-        pass
-
-
-def _float_nodes(model: onnx.ModelProto, keep_head_fp32: bool, keep_depthwise_fp32: bool) -> list[str]:
-    """Names of the Conv/Gemm/MatMul nodes a recipe keeps in float: the head (the last Gemm/MatMul) and/or the
-    depthwise convolutions (group == input channels)."""
-    keep = []
-    mats = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
-    if keep_head_fp32 and mats:
-        keep.append(mats[-1].name)
-    if keep_depthwise_fp32:
-        for node in model.graph.node:
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if node.op_type == "Conv" and group > 1:
-                keep.append(node.name)
-    return keep
-
-
-def quantize_int8(fp32_path: Path, dest: Path, calibration: np.ndarray, *, quant_format=None, weight_type=None,
-                  reduce_range: bool = False, calibrate_method=None, per_channel: bool = True,
-                  keep_head_fp32: bool = False, keep_depthwise_fp32: bool = True,
-                  extra_options: dict | None = None) -> None:
-    """Write a statically quantised copy of `fp32_path` to `dest` (atomically), keeping its metadata_props.
-
-    The defaults are the shipped recipe (QDQ, per-channel int8 weights, uint8 activations, MinMax, depthwise
-    convolutions kept in float: on Fashion-MNIST's 10k test they cost 3.9 of the 7.2 points int8 lost, for 0.3 MB;
-    bench/RESULTS.md 13d); the keywords exist so `python -m bench.int8_recipe_accuracy` compares recipes on the same code path."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        excluded = _float_nodes(onnx.load(str(pre)), keep_head_fp32, keep_depthwise_fp32)
-        out = Path(tmp) / "int8.onnx"
-        quantize_static(str(pre), str(out), _Calibration(calibration),
-                        quant_format=quant_format or QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=weight_type or QuantType.QInt8,
-                        reduce_range=reduce_range, nodes_to_exclude=excluded, extra_options=extra_options or {},
-                        op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-                        calibrate_method=calibrate_method or CalibrationMethod.MinMax)
-        recipe = "int8 (QDQ, static, per-channel" + ("; depthwise convolutions in float)" if keep_depthwise_fp32 else ")")
-        _save_with_metadata(onnx.load(str(out)), fp32_path, dest, recipe)
 
 
 IMAGE_RECIPE = "static QDQ, per-channel int8 weights, uint8 activations, MinMax; depthwise convolutions in float"
