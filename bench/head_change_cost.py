@@ -4,7 +4,8 @@
 In a scratch DVC project (`bench._harness.scratch_project(dvc=True)`) on the clip-art demo (every demo image, the
 shipped params: 224 px), each round runs
   cold:    `dvc repro` from nothing (no prepared data, no features, no models), every stage;
-  head:    `dvc repro` after `head.C` changed (head, finetune, export and evaluate re-run; features all cached);
+  head:    `dvc repro` after `head.C` changed (head, export and evaluate re-run; features all cached; finetune,
+           strategy none, depends on models/finetune_start.json, which a new head leaves unchanged);
   no-op:   `dvc repro` with nothing changed (DVC's own cost of checking the pipeline).
 Every repro passes `--no-run-cache`, so DVC computes instead of restoring an earlier run's outputs. One JSON row per
 round, one with the medians and cold / head (target >= 10x), and one with where the head change's time goes: each
@@ -25,7 +26,7 @@ from pathlib import Path
 from bench._harness import OUT, emit, run_stage, scratch_project, time_once
 
 QUESTION = "Does a head change through dvc repro cost only the head?"
-STAGES_AFTER_HEAD = ("head", "finetune", "export", "evaluate")
+STAGES_AFTER_HEAD = ("head", "export", "evaluate")  # finetune (strategy none) reads no head: DVC skips it
 
 
 def reset(root: Path) -> None:
@@ -33,8 +34,8 @@ def reset(root: Path) -> None:
     for sub in ("data/prepared", "data/features", "data/.locks", "data/reports", "models/metrics", "models/plots",
                 "models/finetune", "models/int8", "models/checkpoints"):
         shutil.rmtree(root / sub, ignore_errors=True)
-    for f in ("dvc.lock", "models/head.npz", "models/head.json", "models/model.onnx", "models/labels.txt",
-              "models/MODEL_CARD.md"):
+    for f in ("dvc.lock", "models/head.npz", "models/head.json", "models/finetune_start.json", "models/model.onnx",
+              "models/labels.txt", "models/MODEL_CARD.md"):
         (root / f).unlink(missing_ok=True)
 
 

@@ -28,6 +28,7 @@ from tasks.core.progress import log
 from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.manifest import split_keys_and_labels
 from tasks.extraction.feature_store import open_store
+from tasks.model.finetune_record import write_finetune_start
 from tasks.model.head_format import Head
 from tasks.training.chunk_sums import LocalSums
 from tasks.training.feature_rows import CHUNK_BYTES, FeatureRows
@@ -66,7 +67,8 @@ def accuracy(head: Head, rows: FeatureRows, labels: np.ndarray) -> float | None:
 
 def run_head(params: Params, paths: ProjectPaths | None = None, dask: str | None = None) -> HeadSummary:
     """Train the head on train features and save it; report train and val accuracy. head.json records how it was
-    fitted (the C used, and with head.C=auto every C's score; iterations, passes over the data, convergence)."""
+    fitted (the C used, and with head.C=auto every C's score; iterations, passes over the data, convergence);
+    finetune_start.json what the fine-tune stage starts from (`write_finetune_start`)."""
     paths = paths or default_paths()
     t0 = time.perf_counter()
     train, y, fp = split_feature_rows(params, paths, "train", params.head.memory_mb << 20)
@@ -92,6 +94,7 @@ def run_head(params: Params, paths: ProjectPaths | None = None, dask: str | None
             sums.close()
     train_acc, val_acc = accuracy(head, train, y), accuracy(head, val, yv)
     head.save(paths.head)
+    write_finetune_start(paths, params.finetune.strategy)
     summary = HeadSummary(head.classes, len(y), train_acc, val_acc, time.perf_counter() - t0, str(paths.head))
     record = asdict(summary) | {"params": params.head.model_dump(), "fingerprint": fp}
     if fit is not None:

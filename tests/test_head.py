@@ -90,6 +90,23 @@ def test_c_auto_walks_the_path_and_records_every_score_and_the_choice(built_copy
     assert f"C={fit['C']:g}, chosen by 3-fold CV (macro F1) over 0.01: " in card
 
 
+def test_finetune_start_is_the_same_for_every_head_when_no_fine_tune_trains(built_copy):
+    """What the fine-tune stage depends on instead of head.npz (DVC then skips it on a head change when it would
+    train nothing): fixed with strategy none, the head's sha256 with a strategy that trains."""
+    from tasks.model.finetune_record import finetune_start_path, head_sha256
+
+    start = finetune_start_path(built_copy)
+    seen = {}
+    for strategy in ("none", "last_n"):
+        for c in (0.05, 0.5):
+            run_head(project_params(built_copy, [f"head.C={c}", f"finetune.strategy={strategy}"]), built_copy)
+            seen[strategy, c] = start.read_bytes()
+            if strategy != "none":
+                assert json.loads(seen[strategy, c])["head_sha256"] == head_sha256(built_copy)
+    assert seen["none", 0.05] == seen["none", 0.5]
+    assert len({seen["none", 0.5], seen["last_n", 0.05], seen["last_n", 0.5]}) == 3
+
+
 def test_a_head_that_does_not_converge_says_so(built_copy, capfd):
     run_head(project_params(built_copy, ["head.C=100", "head.max_iter=10"]), built_copy)
     fit = json.loads((built_copy.models / "head.json").read_text())["fit"]

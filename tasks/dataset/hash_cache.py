@@ -6,11 +6,14 @@ when missing or unreadable)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 
 from tasks.core.files import atomic_path, file_stat, sha256_file
 from tasks.core.progress import log
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class HashCache:
@@ -20,6 +23,8 @@ class HashCache:
         self.path = path
         self._rows: dict[str, tuple[int, int, str]] = {}
         if path.exists():
+            import pandas as pd
+
             try:
                 df = pd.read_parquet(path)
                 self._rows = {p: (int(s), int(m), h) for p, s, m, h in
@@ -48,6 +53,8 @@ class HashCache:
 
     def save(self, keep: set[str] | None = None) -> None:
         """Write the cache atomically (only the paths in `keep`, when given)."""
+        import pandas as pd
+
         rows = [(p, *r) for p, r in self._rows.items() if keep is None or p in keep]
         df = pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "sha256"])
         with atomic_path(self.path) as tmp:

@@ -16,11 +16,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from tasks.core.errors import UserError
 from tasks.core.paths import ProjectPaths
+
+if TYPE_CHECKING:  # pandas is imported where a DataFrame is made: the head stage reads keys with pyarrow and would
+    import pandas as pd  # pay ~0.4 s of import for nothing (bench/RESULTS.md §13a)
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "group", "text"]
@@ -31,11 +35,15 @@ def read_manifest(paths: ProjectPaths) -> pd.DataFrame:
     """The manifest, or a one-line error saying to run ingest."""
     if not paths.manifest.exists():
         raise UserError(f"{paths.manifest} not found; run the ingest stage first (python -m tasks.ingest)")
+    import pandas as pd
+
     return pd.read_parquet(paths.manifest)
 
 
 def read_rejected(paths: ProjectPaths) -> pd.DataFrame:
     """The rejection list of the last ingest (empty before the first one)."""
+    import pandas as pd
+
     if not paths.rejected.exists():
         return pd.DataFrame(columns=REJECTED_COLUMNS)
     return pd.read_csv(paths.rejected)

@@ -10,15 +10,18 @@ the old content's key.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from tasks.core.errors import UserError
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.hash_cache import HashCache
 from tasks.dataset.images import load_uint8
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def load_listed(file: Path, sha256: str, size: int, mode: str, max_pixels: int, hashes: HashCache) -> np.ndarray:

@@ -16,8 +16,8 @@ import stat as stat_module
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 
 from tasks.core.errors import UserError
 from tasks.core.modality_api import Modality
@@ -25,6 +25,9 @@ from tasks.core.params import IngestParams
 from tasks.dataset.manifest import SPLITS
 from tasks.dataset.names import check_class_names, is_utf8, shown, utf8_or_escaped
 from tasks.dataset.regular_files import kind, open_regular, special_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_CSV_BYTES = 2**30  # a CSV source larger than this (1 GiB) is refused before it is read
 
@@ -129,6 +132,8 @@ def _read_csv(source: Path, encoding: str) -> pd.DataFrame:
     fd, _, why = open_regular(source, MAX_CSV_BYTES, "MAX_CSV_BYTES in tasks/dataset/sources.py")
     if fd is None:
         raise UserError(f"ingest.source: {source}: {why}; give a folder or a CSV file")
+    import pandas as pd
+
     with open(fd, "rb") as f:
         return pd.read_csv(f, dtype=str, keep_default_na=False, encoding=encoding)
 

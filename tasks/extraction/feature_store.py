@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from filelock import FileLock, Timeout
 
 from tasks.core.errors import UserError
@@ -28,6 +28,9 @@ from tasks.core.params import Params
 from tasks.core.paths import ProjectPaths
 from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.extraction.fingerprint import feature_fingerprint, feature_recipe
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _SHARD = re.compile(r"^\.?shard-(\d{6})")  # shard-000042.npy, its .keys.json, and their temp files (.shard-...)
 

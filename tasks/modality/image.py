@@ -8,9 +8,9 @@ Importing this module imports neither torch nor onnx: `headstart predict` reads 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from tasks.core.modality_api import Modality
 from tasks.core.params import IMAGE_EXTENSIONS, BackboneParams, IngestParams, Params
@@ -18,6 +18,9 @@ from tasks.dataset.images import decoder_identity, load_checked
 from tasks.dataset.inspection import inspect_image
 from tasks.dataset.manifest_samples import load_images, load_listed
 from tasks.modality.input_contract import InputContract
+
+if TYPE_CHECKING:  # annotations only: naming a modality imports no pandas
+    import pandas as pd
 
 IMAGE_NOTE = "resize on the client; scaling and normalisation are in the graph"
 

@@ -8,7 +8,8 @@ A new modality: implement `tasks.core.modality_api.Modality` in a module beside 
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 
 from tasks.core.errors import UserError
 from tasks.core.modality_api import Modality
@@ -16,6 +17,9 @@ from tasks.core.params import BackboneParams
 from tasks.modality.image import ImageModality
 from tasks.modality.input_contract import InputContract
 from tasks.modality.text import TextModality
+
+if TYPE_CHECKING:  # annotations only: naming a modality imports no pandas
+    import pandas as pd
 
 MODALITIES: dict[str, Modality] = {m.name: m for m in (ImageModality(), TextModality())}
 STORED_DEFAULT = "image"  # models and registry entries written before the modality was stored were images

@@ -11,15 +11,18 @@ Importing this module imports neither torch, transformers nor onnx: `headstart p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from tasks.core.modality_api import Modality
 from tasks.core.params import TEXT_EXTENSIONS, BackboneParams, IngestParams, Params
 from tasks.dataset.inspection import inspect_text
 from tasks.dataset.texts import TEXT_NORMALISATION, check_decoded, read_text_file, text_sha256
 from tasks.modality.input_contract import InputContract
+
+if TYPE_CHECKING:  # annotations only: naming a modality imports no pandas
+    import pandas as pd
 
 TEXT_NOTE = ("UTF-8 strings, one text per item; normalise as ingest does (NFC, LF, stripped); tokenizing, truncation "
              "and padding are in the graph")

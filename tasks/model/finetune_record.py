@@ -20,6 +20,27 @@ def head_sha256(paths: ProjectPaths) -> str:
     return sha256_file(paths.head) if paths.head.exists() else ""
 
 
+def finetune_start_path(paths: ProjectPaths):
+    """models/finetune_start.json: the head the fine-tune stage starts from, as the fine-tune stage's DVC dependency."""
+    return paths.models / "finetune_start.json"
+
+
+def write_finetune_start(paths: ProjectPaths, strategy: str) -> None:
+    """Write models/finetune_start.json for `finetune.strategy`: the sha256 of models/head.npz when the strategy
+    trains, and the same fixed text for every head when it is `none`.
+
+    Why a file of its own: DVC re-runs a stage when a dependency's bytes change. The fine-tune stage depends on this
+    file rather than on head.npz, so with `finetune.strategy: none` (a stage that reads no head) a head change leaves
+    it alone, and with a strategy that trains, every new head re-runs it. The head stage reads `finetune.strategy`
+    without listing it among its DVC params, on purpose: choosing a strategy must not refit the head. A strategy
+    change re-runs the fine-tune stage through its own params; the file catches up at the next head fit, and the
+    most a stale file costs is one extra run of a fine-tune stage that trains nothing."""
+    start = ({"strategy": "none", "head_sha256": None,
+              "why": "finetune.strategy is none: the fine-tune stage trains nothing and reads no head"}
+             if strategy == "none" else {"strategy": "trains", "head_sha256": head_sha256(paths)})
+    atomic_write_text(finetune_start_path(paths), json.dumps(start, indent=2))
+
+
 def clear_finetune_outputs(paths: ProjectPaths) -> None:
     """Remove the outputs of an earlier fine-tuning run (model.pt, history.csv, curves.png)."""
     for name in ("model.pt", "history.csv", "curves.png"):
