@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -117,6 +118,13 @@ def test_bf16_on_cpu_runs_a_real_step_where_the_cpu_has_it_and_is_refused_in_one
                          params.finetune, run.make_batch, run.device, run.autocast, "bf16 step")
     assert torch.isfinite(torch.tensor(loss)) and loss < 3.0
     assert any(not torch.equal(a, b) for a, b in zip(before, run.units.parameters(0)))
+    # auto on such a CPU measures at start-up (it never takes bf16 untimed) and keeps bf16 only above MIN_SPEEDUP
+    from tasks.training.cpu_bf16 import MIN_SPEEDUP, bf16_pays
+
+    auto = project_params(paths, [*DDP, "finetune.amp=auto", "finetune.device=cpu"])
+    assert resolve_device_and_amp(auto.finetune)[1] == "auto-cpu"
+    pays, ratio = bf16_pays(run.model, torch.from_numpy(np.array(run.x_train[:8])))
+    assert ratio > 0 and pays == (ratio >= MIN_SPEEDUP)
 
 
 def _finetune(root, overrides, **kw) -> subprocess.Popen:
