@@ -37,14 +37,13 @@ def rank_tensors(pre: Path, qdq: Path, images: np.ndarray) -> list[tuple[str, fl
         modify_model_output_intermediate_tensors,
     )
 
-    from tasks.runtime.int8_image import _Calibration
-
     with tempfile.TemporaryDirectory() as tmp:
         fa, qa = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         modify_model_output_intermediate_tensors(str(pre), str(fa))
         modify_model_output_intermediate_tensors(str(qdq), str(qa))
-        acts = create_activation_matching(collect_activations(str(qa), _Calibration(images)),
-                                          collect_activations(str(fa), _Calibration(images)))
+        batches = [{"images": images[i : i + 16]} for i in range(0, len(images), 16)]  # the reader it iterates
+        acts = create_activation_matching(collect_activations(str(qa), iter(batches)),
+                                          collect_activations(str(fa), iter(batches)))
     errors = compute_activation_error(acts)
     rows = [(name, e["qdq_err"], e.get("xmodel_err", float("nan"))) for name, e in errors.items()]
     return sorted(rows, key=lambda r: r[1])
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", type=int, default=6000)
     ap.add_argument("--test", type=int, default=0)
     ap.add_argument("--calibration", type=int, default=256)
-    ap.add_argument("--recipe", default="every op, tail in float")
+    ap.add_argument("--recipe", default="shipped")
     ap.add_argument("--images", type=int, default=64, help="images the debugger runs (a subset of calibration)")
     ap.add_argument("--exclude", type=int, nargs="*", default=[2, 4, 8, 16])
     ap.add_argument("--show", type=int, default=20)
@@ -77,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tasks.modality.samples import split_samples
     from tasks.runtime.int8 import quantize_int8
+    from tasks.runtime.int8_image import static_padding
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
     if args.data == "demo":
@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     common = {"data": args.data, "recipe": args.recipe, "split": split, "cpu": _cpu()}
     with tempfile.TemporaryDirectory() as tmp:
         pre, qdq = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(paths.onnx), str(pre), skip_symbolic_shape=False)
+        src = Path(tmp) / "src.onnx"  # the float graph the recipe quantises, so tensor names match
+        model = onnx.load(str(paths.onnx))
+        onnx.save(static_padding(model) if kwargs.get("fold_padding", True) else model, str(src))
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         quantize_int8(paths.onnx, qdq, calib, calibration_cache=cache, **kwargs)
         ranked = rank_tensors(pre, qdq, calib[: args.images])
         for name, local, total in ranked[: args.show]:

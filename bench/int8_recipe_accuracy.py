@@ -68,46 +68,53 @@ def _project(workdir: Path, size: int, n_train: int, n_test: int, fraction: floa
 
 
 def _recipes() -> dict[str, dict]:
-    """Name -> keyword arguments of `tasks.runtime.int8.quantize_int8` (its defaults are the shipped recipe)."""
+    """Name -> keyword arguments of `tasks.runtime.int8.quantize_int8` ({} is the shipped recipe: its defaults)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
-    ent, pct = CalibrationMethod.Entropy, CalibrationMethod.Percentile
     from tasks.runtime.int8_image import DATA_PATH_OPS
 
-    every = {"op_types": DATA_PATH_OPS, "keep_depthwise_fp32": False}  # the whole image path, depthwise too
+    ent, pct = CalibrationMethod.Entropy, CalibrationMethod.Percentile
+    # 13d's recipes: only Conv/Gemm/MatMul quantised, the run-time padding left as exported
+    convs = {"op_types": ("Conv", "Gemm", "MatMul"), "fold_padding": False, "keep_depthwise_fp32": False}
+    # the whole image path quantised (Clip, Add, Pad, pooling too): int8 from one convolution to the next
+    every = {"op_types": DATA_PATH_OPS, "fold_padding": False, "keep_depthwise_fp32": False}
+    tail = ("last_conv", "features_tail", "head")  # the features the head was trained on, kept float
     sym = {"ActivationSymmetric": True}
     return {
-        "all_convolutions": {"keep_depthwise_fp32": False},
-        "shipped (depthwise in float)": {},
-        "float_bias": {"keep_depthwise_fp32": False, "extra_options": {"QuantizeBias": False}},
-        "reduce_range": {"reduce_range": True, "keep_depthwise_fp32": False},
-        "u8u8": {"weight_type": QuantType.QUInt8, "keep_depthwise_fp32": False},
-        "qoperator": {"quant_format": QuantFormat.QOperator, "keep_depthwise_fp32": False},
-        "head_fp32": {"keep_head_fp32": True, "keep_depthwise_fp32": False},
-        "depthwise_fp32+reduce_range": {"reduce_range": True},
-        "percentile": {"calibrate_method": pct, "keep_depthwise_fp32": False},
-        "entropy": {"calibrate_method": ent, "keep_depthwise_fp32": False},
-        # issue 28: better calibration on top of the shipped recipe (depthwise in float), and its QOperator form
-        "percentile (depthwise in float)": {"calibrate_method": pct},
-        "entropy (depthwise in float)": {"calibrate_method": ent},
-        "qoperator (depthwise in float)": {"quant_format": QuantFormat.QOperator},
-        # issue 28 on a VNNI CPU: the features the head was trained on kept float (last conv, pooling, head)
-        "depthwise+tail in float": {"keep": ("last_conv", "features_tail", "head")},
-        "convs, tail in float": {"keep_depthwise_fp32": False, "keep": ("last_conv", "features_tail", "head")},
-        # every op quantised (Add, Clip, pooling too: int8 from one conv to the next, no float round trips)
+        "shipped": {},
+        "all_convolutions": convs,
+        "13d: convs, depthwise in float": {**convs, "keep_depthwise_fp32": True},
+        "float_bias": {**convs, "extra_options": {"QuantizeBias": False}},
+        "reduce_range": {**convs, "reduce_range": True},
+        "u8u8": {**convs, "weight_type": QuantType.QUInt8},
+        "qoperator": {**convs, "quant_format": QuantFormat.QOperator},
+        "head_fp32": {**convs, "keep_head_fp32": True},
+        "depthwise_fp32+reduce_range": {**convs, "reduce_range": True, "keep_depthwise_fp32": True},
+        "percentile": {**convs, "calibrate_method": pct},
+        "entropy": {**convs, "calibrate_method": ent},
+        # issue 28: better calibration on top of 13d's recipe (depthwise in float), and its QOperator form
+        "percentile (depthwise in float)": {**convs, "calibrate_method": pct, "keep_depthwise_fp32": True},
+        "entropy (depthwise in float)": {**convs, "calibrate_method": ent, "keep_depthwise_fp32": True},
+        "qoperator (depthwise in float)": {**convs, "quant_format": QuantFormat.QOperator, "keep_depthwise_fp32": True},
+        "depthwise+tail in float": {**convs, "keep_depthwise_fp32": True, "keep": tail},
+        "convs, tail in float": {**convs, "keep": tail},
         "every op": every,
-        "every op, tail in float": {**every, "keep": ("last_conv", "features_tail", "head")},
+        "every op, tail in float": {**every, "keep": tail},
         "every op, head in float": {**every, "keep": ("head",)},
-        "every op, tail+stem in float": {**every, "keep": ("first_conv", "last_conv", "features_tail", "head")},
-        "every op, depthwise+tail in float": {**every, "keep": ("depthwise", "last_conv", "features_tail", "head")},
-        "every op, entropy, tail in float": {**every, "calibrate_method": ent,
-                                             "keep": ("last_conv", "features_tail", "head")},
-        "every op, percentile, tail in float": {**every, "calibrate_method": pct,
-                                                "keep": ("last_conv", "features_tail", "head")},
-        "every op, symmetric act, tail in float": {**every, "extra_options": sym,
-                                                   "keep": ("last_conv", "features_tail", "head")},
-        "every op, per-tensor, tail in float": {**every, "per_channel": False,
-                                                "keep": ("last_conv", "features_tail", "head")},
+        "every op, tail+stem in float": {**every, "keep": ("first_conv", *tail)},
+        "every op, depthwise+tail in float": {**every, "keep": ("depthwise", *tail)},
+        "every op, entropy, tail in float": {**every, "calibrate_method": ent, "keep": tail},
+        "every op, percentile, tail in float": {**every, "calibrate_method": pct, "keep": tail},
+        "every op, symmetric act, tail in float": {**every, "extra_options": sym, "keep": tail},
+        "every op, per-tensor, tail in float": {**every, "per_channel": False, "keep": tail},
+        # + the run-time "same" padding folded into the convolutions first (no float Shape/Pad round trips)
+        "every op, static padding": {**every, "fold_padding": True},  # = shipped
+        "every op, static padding, head in float": {**every, "fold_padding": True, "keep": ("head",)},
+        "every op, static padding, tail in float": {**every, "fold_padding": True, "keep": tail},
+        "every op, static padding, entropy": {**every, "fold_padding": True, "calibrate_method": ent},
+        "every op, static padding, percentile": {**every, "fold_padding": True, "calibrate_method": pct},
+        # not int8: the fp32 graph with the same padding fold, to say what the fold alone buys
+        "fp32, static padding": {"fp32": True},
     }
 
 
@@ -115,10 +122,10 @@ def _calibration_cache(workdir: Path, root: Path, n: int, kwargs: dict) -> Path:
     """One JSON file of tensor ranges per (project, calibration images, method, op types): recipes that differ only
     in which nodes stay float share one calibration run."""
     method = str(kwargs.get("calibrate_method", "MinMax")).split(".")[-1]
-    ops = {None: "all", ("Conv", "Gemm", "MatMul"): "convs"}.get(kwargs.get("op_types", ("Conv", "Gemm", "MatMul")),
-                                                                  "path")
+    ops = {None: "all", ("Conv", "Gemm", "MatMul"): "convs"}.get(kwargs.get("op_types", "path"), "path")
     extra = "-".join(sorted(k for k in (kwargs.get("extra_options") or {}) if k.startswith("Calib")))
-    return workdir / "calibration" / f"{root.name}-{n}-{method}-{ops}{extra}.json"
+    fold = "-fold" if kwargs.get("fold_padding", True) else ""
+    return workdir / "calibration" / f"{root.name}-{n}-{method}-{ops}{extra}{fold}.json"
 
 
 def _speedups(fp32_path: Path, int8_path: Path, batch: np.ndarray, threads: list[int], pairs: int) -> dict:
@@ -161,10 +168,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.quick:
         args.train, args.test, args.calibration, args.pairs = 200, 100, 32, 3
-        args.recipe = args.recipe or ["shipped (depthwise in float)"]
+        args.recipe = args.recipe or ["shipped"]
 
     from tasks.modality.samples import split_samples
+    import onnx
+
     from tasks.runtime.int8 import quantize_int8
+    from tasks.runtime.int8_image import static_padding
     from tasks.runtime.onnx_classifier import OnnxClassifier
 
     if args.data == "demo":
@@ -193,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "int8.onnx"
             t0 = time.perf_counter()
-            quantize_int8(paths.onnx, out, calib, calibration_cache=cache, **kwargs)
+            if kwargs.get("fp32"):
+                onnx.save(static_padding(onnx.load(str(paths.onnx))), str(out))
+            else:
+                quantize_int8(paths.onnx, out, calib, calibration_cache=cache, **kwargs)
             build = time.perf_counter() - t0
             row = {}
             for s, (x, y) in splits.items():

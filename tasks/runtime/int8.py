@@ -1,9 +1,10 @@
 """int8 variant of the exported model, kept only if it keeps its accuracy and pays on this machine.
 
 Two recipes, by modality:
-- **images**: ONNX Runtime static quantisation (QDQ), calibrated on training images. Only the full convolutions and
-  the final linear layer are quantised (per-channel int8 weights, uint8 activations); the in-graph preprocessing, the
-  depthwise convolutions and the softmax stay in float;
+- **images**: ONNX Runtime static quantisation (QDQ), calibrated on training images (`tasks.runtime.int8_image`):
+  the run-time "same" padding folded into the convolutions, then every convolution (depthwise too), ReLU6, residual
+  Add, the pooling and the head in int8 (per-channel int8 weights, uint8 activations, MinMax); the in-graph
+  preprocessing, the standardisation and the softmax stay in float;
 - **texts**: dynamic quantisation of the encoder's matrix multiplications (`MatMul` and the fused `Attention`
   projections; int8 weights, activations quantised per batch at run time, no calibration). The tokenizer, the
   embeddings, layer norms, softmax and the head stay in float. The graph still takes UTF-8 strings.
@@ -27,7 +28,7 @@ import numpy as np
 import onnx
 
 from tasks.core.files import atomic_path
-from tasks.runtime.int8_image import quantize_int8  # noqa: F401  (the image recipe; re-exported)
+from tasks.runtime.int8_image import IMAGE_RECIPE, quantize_int8  # noqa: F401  (the image recipe; re-exported)
 
 
 @dataclass
@@ -53,7 +54,6 @@ class Int8Report:
     seconds: float
 
 
-IMAGE_RECIPE = "static QDQ, per-channel int8 weights, uint8 activations, MinMax; depthwise convolutions in float"
 TEXT_RECIPE = ("dynamic: per-channel int8 weights of MatMul and fused Attention, activations quantised per batch; "
                "the rest float")
 
