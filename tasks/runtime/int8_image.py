@@ -166,7 +166,7 @@ def quantize_int8(fp32_path: Path, dest: Path, calibration: np.ndarray, *, quant
     The defaults are the shipped recipe (IMAGE_RECIPE): the run-time padding folded into the convolutions, then the
     whole image path quantised, depthwise convolutions included, MinMax over the calibration images. On a CPU with
     AVX-512 VNNI it lost 0.5 points on Fashion-MNIST's 10k test and ran 2.3x fp32 at batch 32; on the 224 px demo
-    it lost nothing on val and test and ran 2.0-2.3x (bench/RESULTS.md 28b).
+    it lost nothing on val and test and ran 1.9-2.4x (bench/RESULTS.md 28b).
 
     Weights int8 (per channel unless `per_channel=False`), activations uint8, ranges from `calibrate_method` (MinMax by
     default) over `calibration`, after ONNX Runtime's `quant_pre_process`. `op_types` are the op types quantised
