@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from tasks.core.files import atomic_path
+from tasks.runtime.int8_files import save_with_metadata
 from tasks.runtime.int8_image import IMAGE_RECIPE, quantize_int8  # noqa: F401  (the image recipe; re-exported)
 
 
@@ -58,17 +59,6 @@ TEXT_RECIPE = ("dynamic: per-channel int8 weights of MatMul and fused Attention,
                "the rest float")
 
 
-def _save_with_metadata(model: onnx.ModelProto, fp32_path: Path, dest: Path, recipe: str) -> None:
-    """Write `model` to `dest` atomically with the fp32 model's metadata_props and a `headstart.precision` entry."""
-    src = onnx.load(str(fp32_path), load_external_data=False)
-    del model.metadata_props[:]
-    for p in src.metadata_props:
-        model.metadata_props.add(key=p.key, value=p.value)
-    model.metadata_props.add(key="headstart.precision", value=recipe)
-    with atomic_path(dest, suffix=".onnx") as t:
-        onnx.save(model, str(t))
-
-
 def quantize_dynamic_int8(fp32_path: Path, dest: Path, *, op_types: tuple[str, ...] = ("MatMul", "Attention"),
                           per_channel: bool = True) -> None:
     """Write a dynamically quantised copy of a text model `fp32_path` to `dest` (atomically), keeping its
@@ -87,7 +77,7 @@ def quantize_dynamic_int8(fp32_path: Path, dest: Path, *, op_types: tuple[str, .
         quantize_dynamic(str(src), str(out), op_types_to_quantize=list(op_types), per_channel=per_channel,
                          weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        _save_with_metadata(onnx.load(str(out)), fp32_path, dest, f"int8 ({TEXT_RECIPE})")
+        save_with_metadata(onnx.load(str(out)), fp32_path, dest, f"int8 ({TEXT_RECIPE})")
 
 
 def unique_opsets(model: onnx.ModelProto) -> None:

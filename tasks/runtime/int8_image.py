@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from tasks.runtime.int8_files import save_with_metadata
+
 # Selectors of nodes kept in float (besides explicit node names):
 #   "depthwise": every Conv with group > 1;  "head": the last Gemm/MatMul (the linear head);
 #   "last_conv": the last Conv (the 1x1 320 -> 1280 expansion whose ReLU6 output is pooled into the features);
@@ -178,8 +180,6 @@ def quantize_int8(fp32_path: Path, dest: Path, calibration: np.ndarray, *, quant
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tasks.runtime.int8 import _save_with_metadata
-
     keep = tuple(keep) + (("depthwise",) if keep_depthwise_fp32 else ()) + (("head",) if keep_head_fp32 else ())
     options = {"CalibStridedMinMax": 1, **(extra_options or {})}  # one batch at a time, merged (bounded memory)
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,4 +199,4 @@ def quantize_int8(fp32_path: Path, dest: Path, calibration: np.ndarray, *, quant
                         calibration_cache_path=calibration_cache)
         name = recipe_name or (f"int8 ({IMAGE_RECIPE})" if not keep and op_types == DATA_PATH_OPS else
                                "int8 (QDQ, static" + (f"; in float: {', '.join(keep)})" if keep else ")"))
-        _save_with_metadata(onnx.load(str(out)), fp32_path, dest, name)
+        save_with_metadata(onnx.load(str(out)), fp32_path, dest, name)
