@@ -65,9 +65,9 @@ def metrics_markdown(paths: ProjectPaths) -> str | None:
              "95 % intervals in brackets (accuracy: Wilson; the others: seeded stratified bootstrap).", "",
              "| metric | value [95 % interval] |", "|---|---|"]
     lines += [f"| {m} | {_with_interval(metrics, m)} |" for m in HEADLINE if m in metrics]
-    for extra in ("ece", "int8_accuracy", "int8_f1_macro"):
+    for extra in ("ece", "int8_accuracy", "int8_f1_macro", "int8_minus_fp32_accuracy"):
         if extra in metrics:
-            lines.append(f"| {extra} | {metrics[extra]:.3f} |")
+            lines.append(f"| {extra} | {_with_interval(metrics, extra)} |")
     checks = _data_checks(paths)
     if checks:
         lines += ["", "## Data checks", *checks]

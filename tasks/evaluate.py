@@ -32,7 +32,7 @@ from tasks.core.stage_cli import run_stage_cli
 from tasks.dataset.manifest import read_manifest, split_rows
 from tasks.evaluation.cached_scoring import score_cached
 from tasks.evaluation.classification_metrics import confusion_matrix
-from tasks.evaluation.intervals import metric_intervals
+from tasks.evaluation.intervals import metric_intervals, paired_difference
 from tasks.evaluation.plots import (
     per_class_f1_table,
     plot_confusion,
@@ -133,6 +133,22 @@ def _metrics_with_intervals(y: np.ndarray, pred: np.ndarray, classes: list[str],
     return headline, per_class, absent
 
 
+def _int8_metrics(params: Params, paths: ProjectPaths, rows, head: Head, y: np.ndarray, pred: np.ndarray) -> dict:
+    """The int8 copy on the same samples: accuracy and macro F1 with their 95 % intervals, and its accuracy minus
+    the fp32 model's, paired on the same samples (`tasks.evaluation.intervals.paired_difference`), with its interval
+    and how many predictions differ."""
+    p8, _, _ = _score(params, paths, rows, head, "int8")
+    pred8 = np.array(head.classes)[p8.argmax(1)]
+    m8, _ = compute_metrics(y, pred8, head.classes)
+    ci8, _ = metric_intervals(y, pred8, head.classes, seed=params.seed)
+    diff = paired_difference(y, pred8, pred, "accuracy", head.classes, seed=params.seed)
+    return {"int8_accuracy": m8["accuracy"], "int8_accuracy_ci_low": ci8["accuracy_ci_low"],
+            "int8_accuracy_ci_high": ci8["accuracy_ci_high"], "int8_f1_macro": m8["f1_macro"],
+            "int8_f1_macro_ci_low": ci8["f1_macro_ci_low"], "int8_f1_macro_ci_high": ci8["f1_macro_ci_high"],
+            "int8_minus_fp32_accuracy": diff["difference"], "int8_minus_fp32_accuracy_ci_low": diff["ci_low"],
+            "int8_minus_fp32_accuracy_ci_high": diff["ci_high"], "int8_predictions_differ": diff["disagree"]}
+
+
 def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateSummary:
     """Score `evaluate.artifact` (default: the exported ONNX model, as a server would run it) on `evaluate.split`;
     write metrics JSON, per-class JSON, confusion CSV and PNG, and the model card. An int8 variant, when exported, is
@@ -159,9 +175,7 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
         how["end_to_end_check"] = end_to_end
     int8_path = paths.models / "int8" / "model.onnx"
     if artifact == "onnx" and int8_path.exists():
-        p8, _, _ = _score(params, paths, rows, head, "int8")
-        m8, _ = compute_metrics(y, np.array(head.classes)[p8.argmax(1)], head.classes)
-        metrics |= {"int8_accuracy": m8["accuracy"], "int8_f1_macro": m8["f1_macro"]}
+        metrics |= _int8_metrics(params, paths, rows, head, y, pred)
     cm = confusion_matrix(y, pred, labels=head.classes)
 
     # metrics.json holds numbers only, quality first: what `dvc exp show` compares; how they were obtained is beside
@@ -175,10 +189,13 @@ def run_evaluate(params: Params, paths: ProjectPaths | None = None) -> EvaluateS
                                      f"{metrics['f1_macro']:.3f} (n={len(y)})", png)
     _write_pictures(paths, split, rows, probs, head.classes, per_class, curve, ece)
     write_model_card(params, paths, manifest, metrics | how, per_class)
-    int8 = f", int8 accuracy {metrics['int8_accuracy']:.3f}" if "int8_accuracy" in metrics else ""
+
     def ci(m: str) -> str:
         return f"{metrics[m]:.3f} [{metrics[f'{m}_ci_low']:.3f}, {metrics[f'{m}_ci_high']:.3f}]"
 
+    int8 = (f", int8 accuracy {ci('int8_accuracy')} (int8 - fp32 {metrics['int8_minus_fp32_accuracy']:+.3f} "
+            f"[{metrics['int8_minus_fp32_accuracy_ci_low']:+.3f}, {metrics['int8_minus_fp32_accuracy_ci_high']:+.3f}], "
+            f"paired)" if "int8_accuracy" in metrics else "")
     log(f"evaluate: {split} accuracy {ci('accuracy')}, macro F1 {ci('f1_macro')}, weighted F1 {ci('f1_weighted')} "
         f"(95 % intervals) on {len(y)} {modality.noun} ({scored}){int8} in "
         f"{time.perf_counter() - t0:.1f}s -> {(paths.metrics / 'metrics.json').relative_to(paths.root)}, "

@@ -279,7 +279,14 @@ def test_int8_variant_is_written_only_within_the_accuracy_tolerance(built_projec
     assert abs(report["accuracy_drop"] - (report["fp32_accuracy"] - report["int8_accuracy"])) < 1e-12
     assert report["speedup"] > 0 and report["cpu_int8"]  # measured, and the CPU's int8 instructions named
     metrics = run_evaluate(project_params(proj), proj)
-    assert "int8_accuracy" in json.loads((proj.metrics / "metrics.json").read_text())
+    written = json.loads((proj.metrics / "metrics.json").read_text())
+    for m in ("int8_accuracy", "int8_f1_macro", "int8_minus_fp32_accuracy"):  # each with its 95 % interval
+        assert written[f"{m}_ci_low"] <= written[m] <= written[f"{m}_ci_high"]
+    # the paired difference is of the two models on the same samples
+    assert abs(written["int8_minus_fp32_accuracy"] - (written["int8_accuracy"] - written["accuracy"])) < 1e-12
+    assert 0 <= written["int8_predictions_differ"] <= metrics.n
+    card = (proj.models / "MODEL_CARD.md").read_text()
+    assert "int8 minus fp32 accuracy on the same samples" in card
     assert metrics.n > 0
 
 
