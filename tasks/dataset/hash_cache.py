@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from tasks.core.files import atomic_path, file_stat, sha256_file
 from tasks.core.progress import log
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from tasks.core.errors import UserError
 from tasks.core.modality_api import Modality
 from tasks.core.params import IngestParams

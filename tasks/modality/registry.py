@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 from tasks.core.errors import UserError
 from tasks.core.modality_api import Modality
 from tasks.core.params import BackboneParams
