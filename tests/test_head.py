@@ -93,9 +93,9 @@ def test_c_auto_walks_the_path_and_records_every_score_and_the_choice(built_copy
 def test_finetune_start_is_the_same_for_every_head_when_no_fine_tune_trains(built_copy):
     """What the fine-tune stage depends on instead of head.npz (DVC then skips it on a head change when it would
     train nothing): fixed with strategy none, the head's sha256 with a strategy that trains."""
-    from tasks.model.finetune_record import finetune_start_path, head_sha256
+    from tasks.model.finetune_record import head_sha256
 
-    start = finetune_start_path(built_copy)
+    start = built_copy.finetune_start
     seen = {}
     for strategy in ("none", "last_n"):
         for c in (0.05, 0.5):

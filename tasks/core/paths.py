@@ -53,6 +53,11 @@ class ProjectPaths:
         return self.models / "head.npz"
 
     @property
+    def finetune_start(self) -> Path:
+        """What the fine-tune stage starts from, its DVC dependency (tasks.model.finetune_record.write_finetune_start)."""
+        return self.models / "finetune_start.json"
+
+    @property
     def finetune(self) -> Path:
         """Fine-tune stage output: summary.json, history.csv, curves.png and, when kept, model.pt."""
         return self.models / "finetune"

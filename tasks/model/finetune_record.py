@@ -20,11 +20,6 @@ def head_sha256(paths: ProjectPaths) -> str:
     return sha256_file(paths.head) if paths.head.exists() else ""
 
 
-def finetune_start_path(paths: ProjectPaths):
-    """models/finetune_start.json: the head the fine-tune stage starts from, as the fine-tune stage's DVC dependency."""
-    return paths.models / "finetune_start.json"
-
-
 def write_finetune_start(paths: ProjectPaths, strategy: str) -> None:
     """Write models/finetune_start.json for `finetune.strategy`: the sha256 of models/head.npz when the strategy
     trains, and the same fixed text for every head when it is `none`.
@@ -38,7 +33,7 @@ def write_finetune_start(paths: ProjectPaths, strategy: str) -> None:
     start = ({"strategy": "none", "head_sha256": None,
               "why": "finetune.strategy is none: the fine-tune stage trains nothing and reads no head"}
              if strategy == "none" else {"strategy": "trains", "head_sha256": head_sha256(paths)})
-    atomic_write_text(finetune_start_path(paths), json.dumps(start, indent=2))
+    atomic_write_text(paths.finetune_start, json.dumps(start, indent=2))
 
 
 def clear_finetune_outputs(paths: ProjectPaths) -> None:
